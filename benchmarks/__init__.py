@@ -1,0 +1,5 @@
+"""Benchmarks: quality, training throughput, encoder throughput, serving latency."""
+import os
+
+# TFRS 0.7.7 and TF Hub need Keras 2; this must happen before TensorFlow is imported.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

@@ -1,0 +1,1 @@
+"""Custom TFX components this pipeline needs beyond the stock ones."""

@@ -1,0 +1,137 @@
+"""The served SavedModel: signatures TF Serving calls, with top-k over the whole catalogue.
+
+Signatures (names and shapes in `trainer/features.py`):
+  serving_default      user_id [B], history [B, H], exclude [B, E], k []  -> item_ids [B, k], scores [B, k]
+  serve_tf_examples    examples [B] (serialized tf.Example: user_id, history) -> item_ids, scores (default_k)
+  query_embedding      user_id [B], history [B, H]                        -> embedding [B, D]
+  candidate_embedding  item_id, title, categories, description [B]         -> embedding [B, D]
+
+Top-k is a matmul against every catalogue item's vector (cold items included) and
+`tf.math.top_k`: plain TF ops that stock TF Serving runs, no ScaNN custom ops.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from trainer import features
+from trainer.item_text import ItemTextEncoder, item_text
+from trainer.model import TwoTowerModel
+from trainer.model_config import ModelConfig
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+
+_STRING_VECTOR = lambda name: tf.TensorSpec([None], tf.string, name=name)  # noqa: E731
+_STRING_MATRIX = lambda name: tf.TensorSpec([None, None], tf.string, name=name)  # noqa: E731
+
+
+class RecommenderModule(tf.Module):
+    """Wraps the trained towers, the transform graph and the catalogue index for serving."""
+
+    def __init__(self, model: TwoTowerModel, tft_output: tft.TFTransformOutput, item_ids: Sequence[str],
+                 candidate_vectors: np.ndarray, text_encoder: ItemTextEncoder, cfg: ModelConfig):
+        super().__init__()
+        self.model = model
+        self.tft_layer = tft_output.transform_features_layer()
+        self.text_encoder = text_encoder
+        self.max_k = cfg.max_k
+        self.default_k = cfg.default_k
+        self.item_ids = tf.constant(np.asarray(item_ids, dtype=object), tf.string)
+        self.candidates = tf.Variable(candidate_vectors.astype(np.float32), trainable=False, name="candidates")
+        self.item_position = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(self.item_ids, tf.range(len(item_ids), dtype=tf.int64)),
+            default_value=-1)
+
+    # -- building blocks -------------------------------------------------------------------------
+    def _query(self, user_id: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
+        joined = tf.strings.reduce_join(history, axis=1, separator=" ")
+        raw = {
+            features.USER_ID: tf.reshape(user_id, [-1, 1]),
+            features.HISTORY: tf.sparse.from_dense(tf.reshape(joined, [-1, 1])),
+        }
+        transformed = self.tft_layer(raw)
+        return self.model.query_embedding(transformed[features.USER_INDEX], transformed[features.HISTORY_INDEX])
+
+    def _top_k(self, query: tf.Tensor, exclude: tf.Tensor, k: tf.Tensor) -> dict:
+        tf.debugging.assert_greater_equal(k, 1, message="k must be at least 1")
+        tf.debugging.assert_less_equal(k, self.max_k, message=f"k must be at most {self.max_k}")
+        scores = tf.matmul(query, self.candidates, transpose_b=True)
+        # Per-request filtering: already-seen (or otherwise unwanted) items get -inf.
+        excluded = self.item_position.lookup(exclude)
+        where = tf.where(excluded >= 0)
+        indices = tf.stack([where[:, 0], tf.gather_nd(excluded, where)], axis=1)
+        scores = tf.tensor_scatter_nd_update(
+            scores, indices, tf.fill([tf.shape(indices)[0]], tf.constant(-np.inf, tf.float32)))
+        top = tf.math.top_k(scores, k=tf.minimum(k, tf.shape(scores)[1]))
+        return {features.OUTPUT_ITEM_IDS: tf.gather(self.item_ids, top.indices),
+                features.OUTPUT_SCORES: top.values}
+
+    # -- signatures ------------------------------------------------------------------------------
+    @tf.function(input_signature=[_STRING_VECTOR(features.USER_ID), _STRING_MATRIX(features.HISTORY),
+                                  _STRING_MATRIX(features.INPUT_EXCLUDE),
+                                  tf.TensorSpec([], tf.int32, name=features.INPUT_K)])
+    def recommend(self, user_id, history, exclude, k):
+        return self._top_k(self._query(user_id, history), exclude, k)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def recommend_tf_examples(self, examples):
+        parsed = tf.io.parse_example(examples, {
+            features.USER_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
+            features.HISTORY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        })
+        history = tf.strings.split(parsed[features.HISTORY]).to_tensor(default_value=features.PAD)
+        no_exclusions = tf.zeros([tf.shape(examples)[0], 0], tf.string)
+        return self._top_k(self._query(parsed[features.USER_ID], history), no_exclusions,
+                           tf.constant(self.default_k))
+
+    @tf.function(input_signature=[_STRING_VECTOR(features.USER_ID), _STRING_MATRIX(features.HISTORY)])
+    def embed_query(self, user_id, history):
+        return {features.OUTPUT_EMBEDDING: self._query(user_id, history)}
+
+    @tf.function(input_signature=[_STRING_VECTOR(features.ITEM_ID), _STRING_VECTOR(features.TITLE),
+                                  _STRING_VECTOR(features.CATEGORIES), _STRING_VECTOR(features.DESCRIPTION)])
+    def embed_candidate(self, item_id, title, categories, description):
+        text_embedding = self.text_encoder(item_text(title, categories, description))
+        item_index = self.tft_layer({features.ITEM_ID: tf.reshape(item_id, [-1, 1])})[features.ITEM_INDEX]
+        return {features.OUTPUT_EMBEDDING: self.model.candidate_embedding(item_index, text_embedding)}
+
+    def signatures(self) -> dict:
+        return {
+            features.SERVING_DEFAULT: self.recommend,
+            features.SERVE_TF_EXAMPLES: self.recommend_tf_examples,
+            features.QUERY_EMBEDDING: self.embed_query,
+            features.CANDIDATE_EMBEDDING: self.embed_candidate,
+        }
+
+
+def write_warmup_requests(export_dir: str, model_name: str, user_ids: Sequence[str], k: int) -> str:
+    """TF Serving replays these PredictLogs at load time, before the version takes traffic."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    path = os.path.join(export_dir, WARMUP_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for user_id in list(user_ids)[:100]:  # TF Serving reads at most 1000 records
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=features.SERVING_DEFAULT))
+            request.inputs[features.USER_ID].CopyFrom(tf.make_tensor_proto([user_id], tf.string))
+            request.inputs[features.HISTORY].CopyFrom(tf.make_tensor_proto(np.zeros([1, 0], object), tf.string))
+            request.inputs[features.INPUT_EXCLUDE].CopyFrom(
+                tf.make_tensor_proto(np.zeros([1, 0], object), tf.string))
+            request.inputs[features.INPUT_K].CopyFrom(tf.make_tensor_proto(k, tf.int32))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return path
+
+
+def export_serving_model(module: RecommenderModule, export_dir: str, model_name: str,
+                         warmup_user_ids: Sequence[str]) -> str:
+    """Saves the SavedModel with all signatures and its warmup requests."""
+    tf.saved_model.save(module, export_dir, signatures=module.signatures())
+    write_warmup_requests(export_dir, model_name, warmup_user_ids, module.default_k)
+    return export_dir

@@ -1,0 +1,62 @@
+"""Hyperparameters of the two-tower model: the one place they are set.
+
+The TFX pipeline (`pipeline/configs.py`) and the benchmarks both start from
+`ModelConfig()`; the pipeline passes it to the Trainer as `custom_config["model"]`.
+
+    >>> cfg = ModelConfig(embedding_dim=32)
+    >>> ModelConfig.from_dict(cfg.to_dict()) == cfg
+    True
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    # Tower sizes.
+    embedding_dim: int = 64          # width of the shared query/candidate space
+    id_embedding_dim: int = 64       # user and item id embeddings
+    hidden_dims: tuple[int, ...] = (128,)
+
+    # Loss: in-batch softmax over L2-normalised embeddings.
+    temperature: float = 0.05
+    remove_accidental_hits: bool = True
+    logq_correction: bool = True     # subtract log(sampling probability) of in-batch negatives
+    # Probability of hiding an item's id embedding in training, so its text must carry it (cold start).
+    id_dropout: float = 0.3
+    # Probability of replacing a user's id with the OOV id in training, so new users get a useful vector.
+    user_id_dropout: float = 0.1
+
+    # Optimisation.
+    batch_size: int = 1024
+    learning_rate: float = 0.005
+    epochs: int = 5
+    seed: int = 42
+
+    # Item text encoder (TF Hub handles: local paths or URLs).
+    preprocess_handle: str = "models/minilm/preprocess"
+    encoder_handle: str = "models/minilm/encoder"
+    encoder_output_key: str = "sentence_embedding"
+    train_encoder: bool = False      # frozen: text embedded once per distinct item
+    text_seq_length: int = 64        # tokens kept per item text when the encoder runs in the graph
+
+    # Serving.
+    max_k: int = 100
+    default_k: int = 10
+    max_exclude: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown model config keys {unknown}; known keys: {sorted(known)}")
+        values = dict(values)
+        if "hidden_dims" in values:
+            values["hidden_dims"] = tuple(values["hidden_dims"])
+        return cls(**values)
