@@ -33,6 +33,9 @@ def _item_example_gen(items_path: str) -> tfx.components.CsvExampleGen:
     return tfx.components.CsvExampleGen(
         input_base=items_path,
         input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name=ITEMS_SPLIT, pattern="*")]),
+        # One input split would otherwise be hashed into train/eval: the catalogue stays whole.
+        output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(
+            splits=[tfx.proto.SplitConfig.Split(name=ITEMS_SPLIT, hash_buckets=1)])),
     ).with_id("ItemExampleGen")
 
 

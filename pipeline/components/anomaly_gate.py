@@ -4,7 +4,6 @@ ExampleValidator records anomalies but lets downstream components run. Transform
 and the Trainer are made to depend on this gate, so bad data stops the run before
 anything is trained or pushed, with a message that names each column and problem.
 """
-from __future__ import annotations
 
 import os
 
@@ -19,7 +18,7 @@ class DataAnomalyError(ValueError):
     """Raised when input data violates the schema."""
 
 
-def read_anomalies(artifact: tfx.types.standard_artifacts.ExampleAnomalies) -> list[str]:
+def read_anomalies(artifact: tfx.types.standard_artifacts.ExampleAnomalies) -> "list[str]":
     """Returns one readable line per anomaly, e.g. "train: column 'timestamp': Out-of-range values"."""
     problems = []
     for split in artifact_utils.decode_split_names(artifact.split_names):

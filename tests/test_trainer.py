@@ -1,0 +1,105 @@
+"""Unit tests of the trainer modules: item text, preprocessing_fn, model, export signatures."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import features
+from trainer.item_text import item_text
+from trainer.model import TwoTowerModel
+from trainer.model_config import ModelConfig
+
+
+def test_item_text_joins_and_cleans():
+    texts = item_text(tf.constant(["Heat (1995)", " Toy Story ", "Solo"]),
+                      tf.constant(["Action|Crime", "(no genres listed)", ""]),
+                      tf.constant(["", "Toys  come alive.", ""])).numpy().tolist()
+    assert texts == [b"Heat (1995). Action, Crime", b"Toy Story. Toys come alive.", b"Solo"]
+
+
+def test_model_config_round_trip_and_unknown_key():
+    cfg = ModelConfig(embedding_dim=16, hidden_dims=(8, 4))
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="embedding_dimm"):
+        ModelConfig.from_dict({"embedding_dimm": 3})
+
+
+def test_preprocessing_fn_maps_ids_and_history(tmp_path):
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+
+    from trainer.preprocessing import preprocessing_fn
+
+    rows = [
+        {"user_id": ["u1"], "item_id": ["a"], "history": []},
+        {"user_id": ["u1"], "item_id": ["b"], "history": ["a"]},
+        {"user_id": ["u2"], "item_id": ["a"], "history": [" ".join(f"x{i}" for i in range(25)) + " a b"]},
+    ]
+    feature_spec = {
+        "user_id": tf.io.FixedLenFeature([1], tf.string),
+        "item_id": tf.io.FixedLenFeature([1], tf.string),
+        "history": tf.io.VarLenFeature(tf.string),
+    }
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(feature_spec))
+    with tft_beam.Context(temp_dir=str(tmp_path), force_tf_compat_v1=False):
+        (transformed, _), transform_fn = (rows, metadata) | tft_beam.AnalyzeAndTransformDataset(
+            preprocessing_fn, output_record_batches=False)
+    # "a" is the most frequent item: index 0; "b" index 1; the 2-item vocabulary puts OOV at 2.
+    assert [r[features.ITEM_INDEX] for r in transformed] == [0, 1, 0]
+    histories = [list(r[features.HISTORY_INDEX]) for r in transformed]
+    assert histories[0] == [-1] * features.HISTORY_LENGTH
+    assert histories[1] == [0] + [-1] * (features.HISTORY_LENGTH - 1)
+    # Only the last HISTORY_LENGTH ids are kept: 18 unknown x-items (OOV=2) then a, b.
+    assert histories[2] == [2] * (features.HISTORY_LENGTH - 2) + [0, 1]
+
+
+def _tiny_model(cfg=None, num_users=5, num_items=8, text_dim=6):
+    cfg = cfg or ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=4)
+    rng = np.random.default_rng(0)
+    text_table = np.vstack([rng.normal(size=[num_items, text_dim]), np.zeros([1, text_dim])]).astype(np.float32)
+    return TwoTowerModel(cfg, num_users, num_items, text_table, item_counts=np.arange(1, num_items + 1))
+
+
+def test_towers_give_unit_vectors_and_ignore_history_padding():
+    model = _tiny_model()
+    q1 = model.query_embedding(tf.constant([1]), tf.constant([[2, 3, -1, -1]]))
+    q2 = model.query_embedding(tf.constant([1]), tf.constant([[3, 2, -1, -1, -1, -1]]))
+    np.testing.assert_allclose(q1.numpy(), q2.numpy(), atol=1e-6)  # order and padding do not matter
+    np.testing.assert_allclose(np.linalg.norm(q1.numpy(), axis=1), 1.0, atol=1e-5)
+    c = model.candidate_embedding(tf.constant([0, 8]), model.item_text_embedding(tf.constant([0, 8])))
+    assert c.shape == (2, 8)
+
+
+def test_unknown_item_is_placed_by_its_text_alone():
+    model = _tiny_model()
+    text = model.item_text_embedding(tf.constant([3]))
+    unknown = model.candidate_embedding(tf.constant([model.num_items]), text).numpy()
+    # Zeroing the id embedding of a known item gives the same vector as an unknown item with that text.
+    model.item_embedding.embeddings.assign(tf.zeros_like(model.item_embedding.embeddings))
+    known_without_id = model.candidate_embedding(tf.constant([3]), text).numpy()
+    np.testing.assert_allclose(unknown, known_without_id, atol=1e-6)
+
+
+def test_training_learns_user_item_affinity():
+    """Users 0-2 only ever see items 0-3, users 3-4 items 4-7: after training each group scores its own items higher."""
+    from trainer.task import train_model
+
+    rng = np.random.default_rng(1)
+    users = rng.integers(0, 5, size=2000)
+    items = np.where(users < 3, rng.integers(0, 4, size=2000), rng.integers(4, 8, size=2000))
+    train = {features.USER_INDEX: users, features.ITEM_INDEX: items,
+             features.HISTORY_INDEX: -np.ones([2000, features.HISTORY_LENGTH], np.int64)}
+    cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=64, epochs=3,
+                      id_dropout=0.0, user_id_dropout=0.0, learning_rate=0.02)
+    text_table = np.zeros([9, 4], np.float32)
+    model = train_model(cfg, train, num_users=5, num_items=8, text_table=text_table, verbose=0)
+    q = model.query_embedding(tf.constant([0, 4]), -tf.ones([2, 1], tf.int64)).numpy()
+    c = model.candidate_embedding(tf.range(8), model.item_text_embedding(tf.range(8))).numpy()
+    scores = q @ c.T
+    assert scores[0, :4].mean() > scores[0, 4:].mean() + 0.2
+    assert scores[1, 4:].mean() > scores[1, :4].mean() + 0.2
