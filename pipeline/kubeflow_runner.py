@@ -14,6 +14,8 @@ into two files:
   `defaultPipelineRoot` set, the package format of open-source Kubeflow Pipelines
   (`kfp.Client().create_run_from_pipeline_package(...)`, which only takes `.yaml`/`.zip`/`.tar.gz`).
 
+Both use KFP pipeline spec schema 2.1 (`--pipeline_spec_version`), which both backends read.
+
 Every step runs in the pipeline image (`--image`, built from the repo's `Dockerfile`), where the
 project lives in `/pipeline` (`--container_project_dir`): schema files and the MiniLM encoder
 modules are referenced by their path in the image, data and model paths are bucket URIs that are
@@ -120,6 +122,9 @@ def _check_uri(flag: str, value: str, allow_local: bool) -> None:
             f"{flag}={value}: TFX executors read and write artifacts with tf.io.gfile, which has no "
             "minio:// scheme. For MinIO use s3://BUCKET/... with S3_ENDPOINT set in the step "
             "containers (see deploy/README.md).")
+    if value.startswith("s3://"):
+        print(f"warning: {flag}={value}: s3:// needs TensorFlow I/O's S3 filesystem (tensorflow-io) and "
+              "S3_ENDPOINT/AWS_* settings in every step container; see deploy/README.md", file=sys.stderr)
     if "://" not in value and not allow_local:
         raise ValueError(
             f"{flag}={value} is a local path: every step runs in its own pod, so use a bucket URI "

