@@ -53,28 +53,36 @@ class TwoTowerModel(tfrs.Model):
                                          remove_accidental_hits=cfg.remove_accidental_hits)
 
     # -- item side -------------------------------------------------------------------------------
-    def item_inputs(self, item_index: tf.Tensor, text_embedding: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """[..., 2 * id_embedding_dim]: the id part (zero for unknown items) and the text part."""
+    def _item_inputs(self, item_index: tf.Tensor, projected_text: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """[..., 2 * id_embedding_dim]: the id part (zero for unknown items) and the projected text part."""
         item_index = tf.cast(item_index, tf.int64)
         known = tf.cast(item_index < self.num_items, tf.float32)
         if training and self.cfg.id_dropout > 0:
             keep = tf.random.uniform(tf.shape(item_index)) >= self.cfg.id_dropout
             known *= tf.cast(keep, tf.float32)
         id_part = self.item_embedding(tf.minimum(item_index, self.num_items)) * known[..., None]
-        return tf.concat([id_part, self.text_projection(text_embedding)], axis=-1)
+        return tf.concat([id_part, projected_text], axis=-1)
 
     def candidate_embedding(self, item_index: tf.Tensor, text_embedding: tf.Tensor,
                             training: bool = False) -> tf.Tensor:
         """Unit vectors [B, embedding_dim] for items given their index and BERT text embedding."""
-        vectors = self.candidate_mlp(self.item_inputs(item_index, text_embedding, training))
+        return self._candidate(item_index, self.text_projection(text_embedding), training)
+
+    def _candidate(self, item_index: tf.Tensor, projected_text: tf.Tensor, training: bool = False) -> tf.Tensor:
+        vectors = self.candidate_mlp(self._item_inputs(item_index, projected_text, training))
         return tf.math.l2_normalize(vectors, axis=-1)
 
     def item_text_embedding(self, item_index: tf.Tensor) -> tf.Tensor:
         return tf.gather(self.text_table, tf.minimum(tf.cast(item_index, tf.int64), self.num_items))
 
+    def _projected_text(self, item_index: tf.Tensor, projected_table: tf.Tensor | None) -> tf.Tensor:
+        if projected_table is None:  # few items (serving): gather, then project
+            return self.text_projection(self.item_text_embedding(item_index))
+        return tf.gather(projected_table, tf.minimum(tf.cast(item_index, tf.int64), self.num_items))
+
     # -- query side ------------------------------------------------------------------------------
-    def query_embedding(self, user_index: tf.Tensor, history_index: tf.Tensor,
-                        training: bool = False) -> tf.Tensor:
+    def query_embedding(self, user_index: tf.Tensor, history_index: tf.Tensor, training: bool = False,
+                        projected_table: tf.Tensor | None = None) -> tf.Tensor:
         """Unit vectors [B, embedding_dim] from the user's id and up to HISTORY_LENGTH recent items (-1 pads)."""
         user_index = tf.minimum(tf.cast(user_index, tf.int64), self.num_users)
         if training and self.cfg.user_id_dropout > 0:
@@ -83,7 +91,7 @@ class TwoTowerModel(tfrs.Model):
         history_index = tf.cast(history_index, tf.int64)
         valid = tf.cast(history_index >= 0, tf.float32)[..., None]
         history_index = tf.maximum(history_index, 0)
-        history = self.item_inputs(history_index, self.item_text_embedding(history_index)) * valid
+        history = self._item_inputs(history_index, self._projected_text(history_index, projected_table)) * valid
         history_mean = tf.reduce_sum(history, axis=1) / tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
         vectors = self.query_mlp(tf.concat([self.user_embedding(user_index), history_mean], axis=-1))
         return tf.math.l2_normalize(vectors, axis=-1)
@@ -91,9 +99,12 @@ class TwoTowerModel(tfrs.Model):
     # -- training --------------------------------------------------------------------------------
     def compute_loss(self, inputs: dict, training: bool = False) -> tf.Tensor:
         item_index = tf.cast(tf.reshape(inputs[features.ITEM_INDEX], [-1]), tf.int64)
+        # Project every item's text once per step: cheaper than projecting B x (HISTORY_LENGTH + 1) rows.
+        projected_table = self.text_projection(self.text_table)
         query = self.query_embedding(tf.reshape(inputs[features.USER_INDEX], [-1]),
-                                     inputs[features.HISTORY_INDEX], training=training)
-        candidate = self.candidate_embedding(item_index, self.item_text_embedding(item_index), training=training)
+                                     inputs[features.HISTORY_INDEX], training=training,
+                                     projected_table=projected_table)
+        candidate = self._candidate(item_index, self._projected_text(item_index, projected_table), training)
         sampling_probability = None
         if self.cfg.logq_correction:
             sampling_probability = tf.exp(tf.gather(self.item_log_probability, item_index))
