@@ -26,3 +26,46 @@ def tiny_data(tmp_path_factory) -> str:
     interactions, items = generate(n_users=60, n_items=120, n_interactions=2500, seed=7)
     write_contract(interactions, items, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def cli_pipeline_run(tmp_path_factory, tiny_data, tiny_encoder) -> dict:
+    """One run of the real pipeline through the real `tfx` CLI on tiny data; shared by the e2e tests.
+
+    Returns the paths a user would look at: the serving base dir (<base>/<model_name>/<version>/),
+    the data dir and the output dir, plus the CLI's output.
+    """
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path_factory.mktemp("pipeline_out")
+    env = dict(
+        os.environ,
+        TF_USE_LEGACY_KERAS="1",
+        PYTHONPATH=PROJECT_DIR,
+        LOCAL_HOME=str(out / "tfx_cli"),
+        TOWER_RECS_PIPELINE_NAME="tower-recs-e2e",
+        TOWER_RECS_DATA=tiny_data,
+        TOWER_RECS_OUTPUT_DIR=str(out),
+        TOWER_RECS_PREPROCESS_HANDLE=tiny_encoder[0],
+        TOWER_RECS_ENCODER_HANDLE=tiny_encoder[1],
+        TOWER_RECS_EPOCHS="2",
+    )
+    tfx = os.path.join(os.path.dirname(sys.executable), "tfx")
+    runner = os.path.join(PROJECT_DIR, "pipeline", "local_runner.py")
+    logs = []
+    started = time.time()
+    for command in ([tfx, "pipeline", "create", "--engine", "local", "--pipeline_path", runner],
+                    [tfx, "run", "create", "--engine", "local", "--pipeline_name", "tower-recs-e2e"]):
+        result = subprocess.run(command, env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=1200)
+        logs.append(result.stdout + result.stderr)
+        assert result.returncode == 0, f"{' '.join(command)} failed:\n{logs[-1][-6000:]}"
+    return {
+        "env": env,
+        "output_dir": str(out),
+        "model_base": str(out / "serving_model" / "tower_recs"),
+        "data": tiny_data,
+        "log": "\n".join(logs),
+        "seconds": time.time() - started,
+    }
