@@ -68,11 +68,26 @@ def _tiny_model(cfg=None, num_users=5, num_items=8, text_dim=6):
 def test_towers_give_unit_vectors_and_ignore_history_padding():
     model = _tiny_model()
     q1 = model.query_embedding(tf.constant([1]), tf.constant([[2, 3, -1, -1]]))
-    q2 = model.query_embedding(tf.constant([1]), tf.constant([[3, 2, -1, -1, -1, -1]]))
-    np.testing.assert_allclose(q1.numpy(), q2.numpy(), atol=1e-6)  # order and padding do not matter
+    q2 = model.query_embedding(tf.constant([1]), tf.constant([[2, 3, -1, -1, -1, -1]]))
+    np.testing.assert_allclose(q1.numpy(), q2.numpy(), atol=1e-6)  # padding width does not matter
+    # With untrained (uniform) recency weights the history is a plain mean: order does not matter either.
+    q3 = model.query_embedding(tf.constant([1]), tf.constant([[3, 2, -1, -1]]))
+    np.testing.assert_allclose(q1.numpy(), q3.numpy(), atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(q1.numpy(), axis=1), 1.0, atol=1e-5)
     c = model.candidate_embedding(tf.constant([0, 8]), model.item_text_embedding(tf.constant([0, 8])))
     assert c.shape == (2, 8)
+
+
+def test_recency_weights_follow_rank_from_the_end():
+    model = _tiny_model()
+    model.recency_logits.assign(np.log(np.arange(1, features.HISTORY_LENGTH + 1)[::-1]).astype(np.float32))
+    # Most recent (last valid) item has rank 0 and the largest weight, whatever the padding.
+    w = model.history_weights(tf.constant([[5, 6, 7, -1, -1], [5, 6, -1, -1, -1], [-1, -1, -1, -1, -1]],
+                                          tf.int64)).numpy()
+    n = features.HISTORY_LENGTH
+    np.testing.assert_allclose(w[0, :3], np.array([n - 2, n - 1, n]) / (3 * n - 3), atol=1e-6)
+    np.testing.assert_allclose(w[1, :2], np.array([n - 1, n]) / (2 * n - 1), atol=1e-6)
+    assert w[0, 3:].sum() == 0 and w[2].sum() == 0
 
 
 def test_unknown_item_is_placed_by_its_text_alone():

@@ -1,17 +1,21 @@
 """The two-tower retrieval model (TF Recommenders).
 
-Query tower:     user id embedding + mean of the user's recent items -> MLP -> unit vector
-Candidate tower: item id embedding + projected BERT text embedding   -> MLP -> unit vector
+Query tower:     user id embedding + recency-weighted mean of the user's recent items -> MLP -> unit vector
+Candidate tower: item id embedding + projected BERT text embedding                    -> MLP -> unit vector
 
 The BERT encoder is frozen by default, so item texts are embedded once per
 distinct item (`text_table`, one row per item index) instead of once per
 interaction. Item ids are hidden at random in training (`id_dropout`) so the
 text path alone can place items nobody has interacted with (cold start).
 
+The history item representation is linear in (id embedding, text embedding), so the
+weighted mean over the history is taken on the raw 384-d text rows first and projected
+once per query: a step costs O(batch), never O(catalogue).
+
     model = TwoTowerModel(ModelConfig(), num_users=610, num_items=9000,
                           text_table=np.zeros([9001, 384], np.float32),
                           item_counts=np.ones([9000]))
-    model.compile(tf.keras.optimizers.Adagrad(0.05))
+    model.compile(tf.keras.optimizers.Adam(0.005))
     model.fit(dataset_of_index_features)
 """
 from __future__ import annotations
@@ -24,9 +28,15 @@ from trainer import features
 from trainer.model_config import ModelConfig
 
 
+def compute_policy(cfg: ModelConfig):
+    """Keras dtype policy of the dense tower layers: bfloat16 compute with float32 weights, or float32."""
+    return tf.keras.mixed_precision.Policy("mixed_bfloat16" if cfg.mixed_precision else "float32")
+
+
 def _mlp(cfg: ModelConfig, name: str) -> tf.keras.Sequential:
-    layers = [tf.keras.layers.Dense(width, activation="relu") for width in cfg.hidden_dims]
-    layers.append(tf.keras.layers.Dense(cfg.embedding_dim))
+    policy = compute_policy(cfg)
+    layers = [tf.keras.layers.Dense(width, activation="relu", dtype=policy) for width in cfg.hidden_dims]
+    layers.append(tf.keras.layers.Dense(cfg.embedding_dim, dtype=policy))
     return tf.keras.Sequential(layers, name=name)
 
 
@@ -43,7 +53,11 @@ class TwoTowerModel(tfrs.Model):
         self.item_embedding = tf.keras.layers.Embedding(num_items + 1, cfg.id_embedding_dim, name="item_id")
         # Frozen BERT embeddings of each item's text; the OOV row is zeros.
         self.text_table = tf.Variable(text_table.astype(np.float32), trainable=False, name="text_table")
-        self.text_projection = tf.keras.layers.Dense(cfg.id_embedding_dim, name="text_projection")
+        self.text_projection = tf.keras.layers.Dense(cfg.id_embedding_dim, name="text_projection",
+                                                     dtype=compute_policy(cfg))
+        # One logit per recency rank (0 = most recent); all zeros = plain mean.
+        self.recency_logits = tf.Variable(tf.zeros([features.HISTORY_LENGTH]), name="recency_logits",
+                                          trainable=bool(cfg.recency_weighting))
         self.query_mlp = _mlp(cfg, "query_mlp")
         self.candidate_mlp = _mlp(cfg, "candidate_mlp")
         probabilities = np.asarray(item_counts, np.float64) / max(float(np.sum(item_counts)), 1.0)
@@ -53,58 +67,68 @@ class TwoTowerModel(tfrs.Model):
                                          remove_accidental_hits=cfg.remove_accidental_hits)
 
     # -- item side -------------------------------------------------------------------------------
-    def _item_inputs(self, item_index: tf.Tensor, projected_text: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """[..., 2 * id_embedding_dim]: the id part (zero for unknown items) and the projected text part."""
-        item_index = tf.cast(item_index, tf.int64)
+    def _id_part(self, item_index: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Id embedding of each item, zero for unknown items (and for dropped ids in training)."""
         known = tf.cast(item_index < self.num_items, tf.float32)
         if training and self.cfg.id_dropout > 0:
             keep = tf.random.uniform(tf.shape(item_index)) >= self.cfg.id_dropout
             known *= tf.cast(keep, tf.float32)
-        id_part = self.item_embedding(tf.minimum(item_index, self.num_items)) * known[..., None]
-        return tf.concat([id_part, projected_text], axis=-1)
+        return self.item_embedding(tf.minimum(item_index, self.num_items)) * known[..., None]
 
     def candidate_embedding(self, item_index: tf.Tensor, text_embedding: tf.Tensor,
                             training: bool = False) -> tf.Tensor:
-        """Unit vectors [B, embedding_dim] for items given their index and BERT text embedding."""
-        return self._candidate(item_index, self.text_projection(text_embedding), training)
-
-    def _candidate(self, item_index: tf.Tensor, projected_text: tf.Tensor, training: bool = False) -> tf.Tensor:
-        vectors = self.candidate_mlp(self._item_inputs(item_index, projected_text, training))
-        return tf.math.l2_normalize(vectors, axis=-1)
+        """Unit vectors [B, embedding_dim] (float32) for items given their index and BERT text embedding."""
+        item_index = tf.cast(item_index, tf.int64)
+        projected = tf.cast(self.text_projection(text_embedding), tf.float32)
+        vectors = self.candidate_mlp(tf.concat([self._id_part(item_index, training), projected], axis=-1))
+        return tf.math.l2_normalize(tf.cast(vectors, tf.float32), axis=-1)
 
     def item_text_embedding(self, item_index: tf.Tensor) -> tf.Tensor:
         return tf.gather(self.text_table, tf.minimum(tf.cast(item_index, tf.int64), self.num_items))
 
-    def _projected_text(self, item_index: tf.Tensor, projected_table: tf.Tensor | None) -> tf.Tensor:
-        if projected_table is None:  # few items (serving): gather, then project
-            return self.text_projection(self.item_text_embedding(item_index))
-        return tf.gather(projected_table, tf.minimum(tf.cast(item_index, tf.int64), self.num_items))
-
     # -- query side ------------------------------------------------------------------------------
-    def query_embedding(self, user_index: tf.Tensor, history_index: tf.Tensor, training: bool = False,
-                        projected_table: tf.Tensor | None = None) -> tf.Tensor:
-        """Unit vectors [B, embedding_dim] from the user's id and up to HISTORY_LENGTH recent items (-1 pads)."""
+    def history_weights(self, history_index: tf.Tensor) -> tf.Tensor:
+        """[B, H] weights summing to 1 over the valid (>= 0) entries (all zero for an empty history).
+
+        Histories are left-aligned, most recent last, -1 padded; the weight depends only on the
+        item's recency rank, so any padding width gives the same query.
+        """
+        valid = tf.cast(history_index >= 0, tf.float32)
+        if not self.cfg.recency_weighting:
+            return valid / tf.maximum(tf.reduce_sum(valid, axis=1, keepdims=True), 1.0)
+        count = tf.reduce_sum(tf.cast(history_index >= 0, tf.int32), axis=1, keepdims=True)
+        position = tf.range(tf.shape(history_index)[1])[None, :]
+        rank = tf.clip_by_value(count - 1 - position, 0, features.HISTORY_LENGTH - 1)
+        logits = tf.gather(self.recency_logits, rank)
+        logits -= tf.reduce_max(logits, axis=1, keepdims=True)
+        weights = tf.exp(logits) * valid
+        return weights / tf.maximum(tf.reduce_sum(weights, axis=1, keepdims=True), 1e-9)
+
+    def query_embedding(self, user_index: tf.Tensor, history_index: tf.Tensor,
+                        training: bool = False) -> tf.Tensor:
+        """Unit vectors [B, embedding_dim] (float32) from the user's id and up to HISTORY_LENGTH recent
+        items (-1 pads)."""
         user_index = tf.minimum(tf.cast(user_index, tf.int64), self.num_users)
         if training and self.cfg.user_id_dropout > 0:
             drop = tf.random.uniform(tf.shape(user_index)) < self.cfg.user_id_dropout
             user_index = tf.where(drop, tf.cast(self.num_users, tf.int64), user_index)
         history_index = tf.cast(history_index, tf.int64)
-        valid = tf.cast(history_index >= 0, tf.float32)[..., None]
-        history_index = tf.maximum(history_index, 0)
-        history = self._item_inputs(history_index, self._projected_text(history_index, projected_table)) * valid
-        history_mean = tf.reduce_sum(history, axis=1) / tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
-        vectors = self.query_mlp(tf.concat([self.user_embedding(user_index), history_mean], axis=-1))
-        return tf.math.l2_normalize(vectors, axis=-1)
+        weights = self.history_weights(history_index)[..., None]                   # [B, H, 1]
+        safe_index = tf.maximum(history_index, 0)
+        id_mean = tf.reduce_sum(self._id_part(safe_index) * weights, axis=1)
+        text_mean = tf.reduce_sum(self.item_text_embedding(safe_index) * weights, axis=1)
+        # Dense is affine: mean(W t_i + b) = W mean(t_i) + b, and zero for an empty history.
+        has_history = tf.reduce_sum(weights, axis=1)
+        text_part = tf.cast(self.text_projection(text_mean), tf.float32) * has_history
+        vectors = self.query_mlp(tf.concat([self.user_embedding(user_index), id_mean, text_part], axis=-1))
+        return tf.math.l2_normalize(tf.cast(vectors, tf.float32), axis=-1)
 
     # -- training --------------------------------------------------------------------------------
     def compute_loss(self, inputs: dict, training: bool = False) -> tf.Tensor:
         item_index = tf.cast(tf.reshape(inputs[features.ITEM_INDEX], [-1]), tf.int64)
-        # Project every item's text once per step: cheaper than projecting B x (HISTORY_LENGTH + 1) rows.
-        projected_table = self.text_projection(self.text_table)
         query = self.query_embedding(tf.reshape(inputs[features.USER_INDEX], [-1]),
-                                     inputs[features.HISTORY_INDEX], training=training,
-                                     projected_table=projected_table)
-        candidate = self._candidate(item_index, self._projected_text(item_index, projected_table), training)
+                                     inputs[features.HISTORY_INDEX], training=training)
+        candidate = self.candidate_embedding(item_index, self.item_text_embedding(item_index), training)
         sampling_probability = None
         if self.cfg.logq_correction:
             sampling_probability = tf.exp(tf.gather(self.item_log_probability, item_index))

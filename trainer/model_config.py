@@ -2,6 +2,8 @@
 
 The TFX pipeline (`pipeline/configs.py`) and the benchmarks both start from
 `ModelConfig()`; the pipeline passes it to the Trainer as `custom_config["model"]`.
+The defaults are the ones tuned on the validation slice of ml-latest-small by
+`python -m benchmarks.quality --tune` (see benchmarks/results/quality.md).
 
     >>> cfg = ModelConfig(embedding_dim=32)
     >>> ModelConfig.from_dict(cfg.to_dict()) == cfg
@@ -20,6 +22,10 @@ class ModelConfig:
     id_embedding_dim: int = 64       # user and item id embeddings
     hidden_dims: tuple[int, ...] = (128,)
 
+    # Query tower: the history is a weighted mean of the user's recent items. With
+    # `recency_weighting` the weights are learned per recency rank (most recent item = rank 0).
+    recency_weighting: bool = True
+
     # Loss: in-batch softmax over L2-normalised embeddings.
     temperature: float = 0.05
     remove_accidental_hits: bool = True
@@ -32,8 +38,15 @@ class ModelConfig:
     # Optimisation.
     batch_size: int = 1024
     learning_rate: float = 0.005
+    lr_schedule: str = "constant"    # "constant" or "cosine" (decays to 0 over the whole run)
     epochs: int = 5
     seed: int = 42
+
+    # Speed: XLA-compile the train step; run several steps per call into the TF runtime.
+    jit_compile: bool = True
+    steps_per_execution: int = 8
+    # bfloat16 compute in the towers (GPU); embeddings, normalisation and dot products stay float32.
+    mixed_precision: bool = False
 
     # Item text encoder (TF Hub handles: local paths or URLs).
     preprocess_handle: str = "models/minilm/preprocess"

@@ -80,34 +80,80 @@ def load_index_features(fn_args, tft_output: tft.TFTransformOutput, files: list[
 
 
 def make_dataset(index_features: dict[str, np.ndarray], cfg: ModelConfig, shuffle: bool = True) -> tf.data.Dataset:
-    dataset = tf.data.Dataset.from_tensor_slices(index_features)
-    if shuffle:
-        dataset = dataset.shuffle(len(index_features[features.ITEM_INDEX]), seed=cfg.seed,
-                                  reshuffle_each_iteration=True)
-    # drop_remainder keeps in-batch negatives well populated and the batch shape static.
-    return dataset.batch(cfg.batch_size, drop_remainder=shuffle).prefetch(tf.data.AUTOTUNE)
+    """Batches of index features from in-memory arrays.
+
+    `shuffle=True` (training): an endless stream of full batches (in-batch negatives stay well populated
+    and the batch shape is static), reshuffled every epoch by a seeded permutation; the gather of each
+    batch is one vectorised op (no per-example pipeline, no shuffle buffer to fill).
+    `shuffle=False`: one pass in order, the last batch may be short.
+    """
+    n = len(index_features[features.ITEM_INDEX])
+    if not shuffle:
+        return tf.data.Dataset.from_tensor_slices(index_features).batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
+    batch_size = max(1, min(cfg.batch_size, n))
+    batches = max(n // batch_size, 1)
+    tensors = {name: tf.constant(value) for name, value in index_features.items()}
+
+    def epoch(epoch_number):
+        order = tf.argsort(tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(cfg.seed, tf.int64),
+                                                                           epoch_number])))
+        return tf.data.Dataset.from_tensor_slices(tf.reshape(order[:batches * batch_size], [batches, batch_size]))
+
+    dataset = tf.data.Dataset.range(2 ** 62).flat_map(epoch)
+    dataset = dataset.map(lambda rows: {name: tf.gather(t, rows) for name, t in tensors.items()},
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 # -- training ------------------------------------------------------------------------------------
-def train_model(cfg: ModelConfig, train: dict[str, np.ndarray], num_users: int, num_items: int,
-                text_table: np.ndarray, steps: int = 0, log_dir: Optional[str] = None,
-                validation: Optional[dict[str, np.ndarray]] = None, verbose: int = 2) -> TwoTowerModel:
-    """Builds and fits the two-tower model; `steps=0` trains `cfg.epochs` epochs."""
-    tf.keras.utils.set_random_seed(cfg.seed)
+def get_strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy over all GPUs when more than one is visible, else the default (one device)."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def build_model(cfg: ModelConfig, train: dict[str, np.ndarray], num_users: int, num_items: int,
+                text_table: np.ndarray, total_steps: int = 0) -> TwoTowerModel:
+    """The compiled (untrained) model; call inside `strategy.scope()`."""
     item_counts = np.bincount(train[features.ITEM_INDEX], minlength=num_items + 1)[:num_items]
     model = TwoTowerModel(cfg, num_users=num_users, num_items=num_items, text_table=text_table,
                           item_counts=item_counts)
-    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
-    callbacks = [tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")] if log_dir else []
-    dataset = make_dataset(train, cfg)
-    batches_per_epoch = max(len(train[features.ITEM_INDEX]) // cfg.batch_size, 1)
+    learning_rate = cfg.learning_rate
+    if cfg.lr_schedule == "cosine" and total_steps > 0:
+        learning_rate = tf.keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total_steps)
+    elif cfg.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate), jit_compile=cfg.jit_compile,
+                  steps_per_execution=max(1, cfg.steps_per_execution))
+    return model
+
+
+def train_model(cfg: ModelConfig, train: dict[str, np.ndarray], num_users: int, num_items: int,
+                text_table: np.ndarray, steps: int = 0, log_dir: Optional[str] = None,
+                validation: Optional[dict[str, np.ndarray]] = None, verbose: int = 2,
+                callbacks: Optional[list] = None) -> TwoTowerModel:
+    """Builds and fits the two-tower model; `steps=0` trains `cfg.epochs` epochs.
+
+    Runs under `get_strategy()` (all GPUs mirrored when there are several; the same code on CPU).
+    """
+    tf.keras.utils.set_random_seed(cfg.seed)
+    n = len(train[features.ITEM_INDEX])
+    batches_per_epoch = max(n // max(1, min(cfg.batch_size, n)), 1)
     if steps > 0:
-        epochs = max(1, -(-steps // batches_per_epoch))
-        dataset = dataset.repeat()
         steps_per_epoch = min(steps, batches_per_epoch)
+        epochs = max(1, -(-steps // steps_per_epoch))
     else:
-        epochs, steps_per_epoch = cfg.epochs, None
-    model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose, callbacks=callbacks,
+        epochs, steps_per_epoch = cfg.epochs, batches_per_epoch
+    strategy = get_strategy()
+    with strategy.scope():
+        model = build_model(cfg, train, num_users, num_items, text_table, total_steps=epochs * steps_per_epoch)
+    callbacks = list(callbacks or [])
+    if log_dir:
+        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
+    model.fit(make_dataset(train, cfg), epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
+              callbacks=callbacks,
               validation_data=make_dataset(validation, cfg, shuffle=False) if validation else None)
     return model
 
