@@ -145,10 +145,18 @@ def resolve(settings: KubeflowSettings) -> dict[str, Any]:
         _check_uri(flag, value, settings.allow_local_paths)
 
     encoder_dir = _join(settings.container_project_dir, ENCODER_DIR)
+
+    def handle(flag_value: Optional[str], configured: str, name: str) -> str:
+        # A flag wins; a URI from configs (TOWER_RECS_*_HANDLE) is kept; a local path becomes the
+        # module the Dockerfile builds in the image.
+        if flag_value:
+            return flag_value
+        return configured if "://" in configured else _join(encoder_dir, name)
+
     model_config = dataclasses.replace(
         configs.MODEL_CONFIG,
-        preprocess_handle=settings.preprocess_handle or _join(encoder_dir, "preprocess"),
-        encoder_handle=settings.encoder_handle or _join(encoder_dir, "encoder"),
+        preprocess_handle=handle(settings.preprocess_handle, configs.MODEL_CONFIG.preprocess_handle, "preprocess"),
+        encoder_handle=handle(settings.encoder_handle, configs.MODEL_CONFIG.encoder_handle, "encoder"),
         epochs=configs.MODEL_CONFIG.epochs if settings.epochs is None else settings.epochs,
     )
     beam_args = configs.BEAM_PIPELINE_ARGS if settings.beam_pipeline_args is None else settings.beam_pipeline_args
@@ -218,16 +226,27 @@ def _default_kfp_package(output: str) -> str:
     return root + ".yaml"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows a default only where there is a concrete one (None: derived, see the help text)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def make_parser() -> argparse.ArgumentParser:
     env = KubeflowSettings.from_env()
     p = argparse.ArgumentParser(
         prog="python -m pipeline.kubeflow_runner",
-        description=("Compile the tower-recs TFX pipeline (pipeline/pipeline.py) for Kubeflow Pipelines v2 "
-                     "and Vertex AI Pipelines. Beam pipeline args may also follow a bare '--'."),
-        epilog=("Example: python -m pipeline.kubeflow_runner --output outputs/kubeflow/tower-recs.json "
-                "--image REGISTRY/tower-recs-pipeline:TAG --bucket gs://BUCKET -- --runner=DataflowRunner "
-                "--project=PROJECT --region=REGION --temp_location=gs://BUCKET/tmp  (see deploy/README.md)"),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=("Compile the tower-recs TFX pipeline (pipeline/pipeline.py, the one the local runner runs)\n"
+                     "for Kubeflow Pipelines v2 and Vertex AI Pipelines. Beam pipeline args may follow a bare '--'."),
+        epilog=("example:\n  python -m pipeline.kubeflow_runner --output outputs/kubeflow/tower-recs.json \\\n"
+                "      --image REGISTRY/tower-recs-pipeline:TAG --bucket gs://BUCKET \\\n"
+                "      -- --runner=DataflowRunner --project=PROJECT --region=REGION --temp_location=gs://BUCKET/tmp\n"
+                "writes the PipelineJob JSON (Vertex) and the pipeline package YAML (kfp.Client); "
+                "see deploy/README.md"),
+        formatter_class=_HelpFormatter,
     )
     out = p.add_argument_group("output")
     out.add_argument("--output", default=os.path.join("outputs", "kubeflow", "tower-recs.json"),
@@ -276,9 +295,11 @@ def make_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--eval_steps", type=int, default=None,
                          help="EvalArgs.num_steps: default configs.EVAL_STEPS [env TOWER_RECS_EVAL_STEPS]")
     trainer.add_argument("--preprocess_handle", default=None,
-                         help="TF Hub preprocessing module (default {container_project_dir}/models/minilm/preprocess)")
+                         help="TF Hub preprocessing module (default {container_project_dir}/models/minilm/preprocess, "
+                              "or a URI in TOWER_RECS_PREPROCESS_HANDLE)")
     trainer.add_argument("--encoder_handle", default=None,
-                         help="TF Hub encoder module (default {container_project_dir}/models/minilm/encoder)")
+                         help="TF Hub encoder module (default {container_project_dir}/models/minilm/encoder, "
+                              "or a URI in TOWER_RECS_ENCODER_HANDLE)")
     return p
 
 

@@ -47,86 +47,91 @@ def _cli_args(output: Path) -> list[str]:
             "--epochs", "2", "--train_steps", "100", "--eval_steps", "10", "--", *BEAM_ARGS]
 
 
-def _subprocess_env() -> dict[str, str]:
+def _subprocess_env(tmp: Path | None = None) -> dict[str, str]:
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     # The defaults under test must not come from a developer's shell.
     for name in ("TOWER_RECS_IMAGE", "TOWER_RECS_BUCKET", "TOWER_RECS_KFP_PIPELINE_ROOT", "TOWER_RECS_KFP_DATA",
                  "TOWER_RECS_KFP_SERVING_MODEL_DIR", "TOWER_RECS_KFP_BEAM_PIPELINE_ARGS"):
         env.pop(name, None)
+    if tmp is not None:  # the local runner's outputs and data (configs.py reads them at import)
+        env.update(TOWER_RECS_OUTPUT_DIR=str(tmp / "outputs"), TOWER_RECS_DATA=str(tmp / "data"))
     return env
 
 
 # ---------------------------------------------------------------------------------------------
-# Compile: the CLI in a subprocess (started first, so it overlaps this process importing TFX)
+# Compile. Importing TFX costs ~40 s of CPU, so it happens once, in one child process that runs
+# (1) the CLI exactly as `python -m pipeline.kubeflow_runner ...` (runpy, as __main__),
+# (2) the Python API: build(settings) + compile_pipeline(...), and (3) local_runner.build(),
+# and reports facts read off the pipeline objects. This process then checks the files against them.
 # ---------------------------------------------------------------------------------------------
 
+_CHILD = r'''
+import json, os, runpy, sys
+out, cli_argv, settings = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+
+sys.argv = ["pipeline.kubeflow_runner", *cli_argv]          # 1. the CLI, as `python -m` runs it
+try:
+    runpy.run_module("pipeline.kubeflow_runner", run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    if e.code not in (0, None):
+        raise
+
+from pipeline import kubeflow_runner, local_runner            # 2. the Python API
+
+kfp = kubeflow_runner.build(kubeflow_runner.KubeflowSettings(**settings))
+kubeflow_runner.compile_pipeline(kfp, settings["image"], os.path.join(out, "api.json"),
+                                 os.path.join(out, "api.yaml"))
+local = local_runner.build()                                  # 3. the local pipeline
+
+
+def facts(p):
+    return {
+        "ids": [c.id for c in p.components],
+        "edges": {c.id: sorted(u.id for u in c.upstream_nodes) for c in p.components},
+        "shape": [[c.id, type(c).__name__, type(c.executor_spec).__name__,
+                   getattr(getattr(c.executor_spec, "executor_class", None), "__name__", None),
+                   sorted(c.exec_properties)] for c in p.components],
+        "name": p.pipeline_info.pipeline_name,
+        "root": p.pipeline_info.pipeline_root,
+        "beam": p.beam_pipeline_args,
+        "has_metadata_config": p.metadata_connection_config is not None,
+    }
+
+
+with open(os.path.join(out, "facts.json"), "w") as f:
+    json.dump({"kfp": facts(kfp), "local": facts(local)}, f)
+'''
+
+
 @pytest.fixture(scope="module")
-def cli_compile(tmp_path_factory):
-    out = tmp_path_factory.mktemp("kfp_cli") / "tower-recs.json"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.kubeflow_runner", *_cli_args(out)], cwd=ROOT,
-                            env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    yield proc, out
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _start_cli_early(request):
-    # Only when the CLI compile test is selected: start the subprocess before this process imports TFX.
-    if any("cli_result" in getattr(item, "fixturenames", ()) and item.fspath == request.fspath
-           for item in request.session.items):
-        request.getfixturevalue("cli_compile")
-
-
-@pytest.fixture(scope="module")
-def cli_result(cli_compile):
-    proc, out = cli_compile
-    log, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, log[-4000:]
-    return out, log
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kfp")
+    settings = dict(image=IMAGE, bucket=BUCKET, pipeline_root=PIPELINE_ROOT, beam_pipeline_args=BEAM_ARGS,
+                    epochs=2, train_steps=100, eval_steps=10)
+    res = subprocess.run([sys.executable, "-c", _CHILD, str(out), json.dumps(_cli_args(out / "cli.json")),
+                          json.dumps(settings)], cwd=ROOT, env=_subprocess_env(out), capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[res.stderr.rfind("Traceback"):][-4000:] or res.stdout[-2000:]
+    facts = json.loads((out / "facts.json").read_text())
+    return out, facts, res.stdout
 
 
 @pytest.fixture(scope="module")
 def runner():
-    from pipeline import kubeflow_runner
+    from pipeline import kubeflow_runner  # light: TFX is imported only when compiling
 
     return kubeflow_runner
 
 
-@pytest.fixture(scope="module")
-def settings(runner):
-    return runner.KubeflowSettings(image=IMAGE, bucket=BUCKET, pipeline_root=PIPELINE_ROOT,
-                                   beam_pipeline_args=list(BEAM_ARGS), epochs=2, train_steps=100, eval_steps=10)
-
-
-@pytest.fixture(scope="module")
-def kfp_pipeline(runner, settings):
-    """The Kubeflow pipeline object: `create_pipeline(...)` as the runner calls it."""
-    return runner.build(settings)
-
-
-@pytest.fixture(scope="module")
-def api_compile(runner, kfp_pipeline, tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("kfp_api")
-    job = runner.compile_pipeline(kfp_pipeline, IMAGE, str(out_dir / "job.json"), str(out_dir / "package.yaml"))
-    return job, out_dir / "job.json", out_dir / "package.yaml"
-
-
-def _edges(pipeline) -> dict[str, set[str]]:
-    return {c.id: {u.id for u in c.upstream_nodes} for c in pipeline.components}
-
-
-def _check_spec(job: dict, pipeline) -> None:
-    """The compiled PipelineJob holds exactly `pipeline`'s components, edges, image and Beam args."""
+def _check_spec(job: dict, facts: dict) -> None:
+    """The compiled PipelineJob holds exactly the pipeline's components, edges, image and Beam args."""
     spec = job["pipelineSpec"]
-    ids = {c.id for c in pipeline.components}
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == ids
-    for cid, upstream in _edges(pipeline).items():
-        assert set(tasks[cid].get("dependentTasks", [])) == upstream, cid
+    assert set(tasks) == set(facts["ids"])
+    for cid, upstream in facts["edges"].items():
+        assert sorted(tasks[cid].get("dependentTasks", [])) == upstream, cid
     executors = spec["deploymentSpec"]["executors"]
-    for cid in ids:
+    for cid in facts["ids"]:
         executor = executors[spec["components"][tasks[cid]["componentRef"]["name"]]["executorLabel"]]
         container = executor["container"]
         assert container["image"] == IMAGE, cid
@@ -135,7 +140,7 @@ def _check_spec(job: dict, pipeline) -> None:
         assert args[-len(BEAM_ARGS):] == BEAM_ARGS, (cid, args)
         assert not any("direct_running_mode" in a for a in args), "'--' args replace the default Beam args"
     assert job["runtimeConfig"]["gcsOutputDirectory"] == PIPELINE_ROOT
-    assert spec["pipelineInfo"]["name"] == pipeline.pipeline_info.pipeline_name
+    assert spec["pipelineInfo"]["name"] == facts["name"]
     assert spec["schemaVersion"] == "2.1.0"
 
     text = json.dumps(job)
@@ -155,12 +160,12 @@ def _check_spec(job: dict, pipeline) -> None:
         assert not _ignored(rel, ignored), f"{rel} is referenced by the spec but excluded by .dockerignore"
 
 
-def _check_kfp_package(path: Path, pipeline) -> None:
+def _check_kfp_package(path: Path, facts: dict) -> None:
     """The YAML package parses exactly as `kfp.Client().create_run_from_pipeline_package` reads it."""
     from kfp.client import client as kfp_client
 
     doc = kfp_client._extract_pipeline_yaml(str(path))  # what create_run_from_pipeline_package sends
-    assert set(doc.pipeline_spec.root.dag.tasks) == {c.id for c in pipeline.components}
+    assert set(doc.pipeline_spec.root.dag.tasks) == set(facts["ids"])
     assert doc.pipeline_spec.default_pipeline_root == PIPELINE_ROOT
     assert doc.pipeline_spec.schema_version == "2.1.0"
 
@@ -174,20 +179,21 @@ def _check_pipeline_job_proto(path: Path) -> None:
     assert job.runtime_config.gcs_output_directory == PIPELINE_ROOT
 
 
-def test_compile_python_api(api_compile, kfp_pipeline):
-    job, json_path, yaml_path = api_compile
-    assert json.loads(json_path.read_text()) == job
-    _check_spec(job, kfp_pipeline)
-    _check_pipeline_job_proto(json_path)
-    _check_kfp_package(yaml_path, kfp_pipeline)
+def test_compile_python_api(compiled):
+    out, facts, _ = compiled
+    _check_spec(json.loads((out / "api.json").read_text()), facts["kfp"])
+    _check_pipeline_job_proto(out / "api.json")
+    _check_kfp_package(out / "api.yaml", facts["kfp"])
 
 
-def test_compile_cli_subprocess(cli_result, kfp_pipeline):
-    out, log = cli_result
-    job = json.loads(out.read_text())
-    _check_spec(job, kfp_pipeline)
-    _check_pipeline_job_proto(out)
-    _check_kfp_package(out.with_suffix(".yaml"), kfp_pipeline)
+def test_compile_cli(compiled):
+    out, facts, stdout = compiled
+    job = json.loads((out / "cli.json").read_text())
+    _check_spec(job, facts["kfp"])
+    _check_pipeline_job_proto(out / "cli.json")
+    _check_kfp_package(out / "cli.yaml", facts["kfp"])
+    summary, _ = json.JSONDecoder().raw_decode(stdout[stdout.index("{"):])  # what the CLI prints
+    assert summary["components"] == facts["kfp"]["ids"] and summary["image"] == IMAGE
     # The trainer flags reach the CatalogTrainer's parameters.
     params = job["pipelineSpec"]["root"]["dag"]["tasks"]["CatalogTrainer"]["inputs"]["parameters"]
     assert json.loads(params["train_args"]["runtimeValue"]["constant"]) == {"num_steps": 100}
@@ -197,39 +203,21 @@ def test_compile_cli_subprocess(cli_result, kfp_pipeline):
     assert model["encoder_handle"] == "/pipeline/models/minilm/encoder"
 
 
-def test_runner_pipeline_settings(kfp_pipeline):
-    assert kfp_pipeline.pipeline_info.pipeline_root == PIPELINE_ROOT
-    assert kfp_pipeline.beam_pipeline_args == BEAM_ARGS
-    assert kfp_pipeline.metadata_connection_config is None  # KFP / Vertex manage ML Metadata
+def test_runner_pipeline_settings(compiled):
+    kfp = compiled[1]["kfp"]
+    assert kfp["root"] == PIPELINE_ROOT
+    assert kfp["beam"] == BEAM_ARGS
+    assert not kfp["has_metadata_config"]  # KFP / Vertex manage ML Metadata
 
 
-@pytest.fixture
-def local_pipeline(tmp_path, monkeypatch):
-    """`local_runner.build()` with its outputs redirected to tmp dirs (configs read env at import)."""
-    import importlib
-
-    from pipeline import configs, local_runner
-
-    monkeypatch.setenv("TOWER_RECS_OUTPUT_DIR", str(tmp_path / "outputs"))
-    monkeypatch.setenv("TOWER_RECS_DATA", str(tmp_path / "data"))
-    importlib.reload(configs)
-    try:
-        yield local_runner.build()
-    finally:
-        monkeypatch.undo()
-        importlib.reload(configs)
-
-
-def test_local_and_kubeflow_pipelines_are_the_same_definition(local_pipeline, kfp_pipeline):
-    def shape(p):
-        return [(c.id, type(c).__name__, type(c.executor_spec).__name__,
-                 getattr(getattr(c.executor_spec, "executor_class", None), "__name__", None),
-                 sorted(c.exec_properties)) for c in p.components]
-
-    assert shape(local_pipeline) == shape(kfp_pipeline)
-    assert _edges(local_pipeline) == _edges(kfp_pipeline)
-    assert len(kfp_pipeline.components) >= 2
-    assert local_pipeline.metadata_connection_config is not None and kfp_pipeline.metadata_connection_config is None
+def test_local_and_kubeflow_pipelines_are_the_same_definition(compiled):
+    local, kfp = compiled[1]["local"], compiled[1]["kfp"]
+    assert len(kfp["ids"]) >= 2
+    assert local["shape"] == kfp["shape"]  # ids, component classes, executors, parameter names
+    assert local["edges"] == kfp["edges"]
+    assert local["name"] == kfp["name"]
+    assert local["has_metadata_config"] and not kfp["has_metadata_config"]
+    assert local["root"] != kfp["root"] and "://" in kfp["root"]
 
 
 def test_cli_help_is_fast_and_documents_flags():
@@ -239,6 +227,12 @@ def test_cli_help_is_fast_and_documents_flags():
     for flag in ("--output", "--kfp_package", "--image", "--bucket", "--pipeline_root", "--data_root",
                  "--serving_model_dir", "--beam_pipeline_args", "--epochs", "--train_steps", "--eval_steps"):
         assert flag in res.stdout, flag
+
+
+def test_cli_exits_2_on_a_local_pipeline_root():
+    res = subprocess.run([sys.executable, "-m", "pipeline.kubeflow_runner", "--pipeline_root", "/local/root"],
+                         cwd=ROOT, env=_subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "--pipeline_root=/local/root is a local path" in res.stderr
 
 
 @pytest.mark.parametrize("flag,value", [("--pipeline_root", "/local/root"), ("--data_root", "minio://mlpipeline/d")])
@@ -256,7 +250,10 @@ def test_flags_and_env_defaults(runner, monkeypatch):
     assert s.image == "img:env"
     assert kwargs["pipeline_root"].startswith("s3://minio-bucket/pipeline_root/")
     assert kwargs["interactions_path"] == "s3://minio-bucket/data/interactions"
+    assert kwargs["serving_model_dir"] == "s3://minio-bucket/serving_model/tower_recs"
     assert kwargs["beam_pipeline_args"] == ["--runner=FlinkRunner", "--flink_master=flink:8081"]
+    assert kwargs["metadata_connection_config"] is None
+    assert kwargs["interactions_schema_path"] == "/pipeline/schema/interactions/schema.pbtxt"
     _, s = runner.parse_args(["--beam_pipeline_args=--runner=FlinkRunner --environment_type=EXTERNAL",
                               "--", "--parallelism=4"])
     assert runner.resolve(s)["beam_pipeline_args"] == [
