@@ -88,6 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"exporting MiniLM modules to {model_dir} ...", file=sys.stderr)
         pre, enc = build_hub_modules(model_dir)
 
+    load_before = os.getloadavg()[0]
     encoder = _cached_encoder(pre, enc)  # encode_texts reuses this instance
     warm = texts[:args.batch_size]
     fixed_padding(encoder, warm, args.batch_size, args.output_key)
@@ -116,7 +117,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "speedup": t_fixed / t_dynamic,
         "max_abs_diff_fixed_vs_dynamic": max_abs,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "tensorflow": tf.__version__},
+                    "tensorflow": tf.__version__,
+                    # shared machine: 1-minute load averages before/after the timed runs
+                    "loadavg_1m": [load_before, os.getloadavg()[0]]},
     }
     print(f"\n| padding | texts | seconds | texts/s |\n|---|---:|---:|---:|\n"
           f"| fixed {encoder.max_seq_length} | {len(texts)} | {t_fixed:.2f} | "
@@ -124,7 +127,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"| dynamic (encode_texts) | {len(texts)} | {t_dynamic:.2f} | "
           f"{result['dynamic']['texts_per_s']:.1f} |\n\n"
           f"speedup x{result['speedup']:.2f}; mean packed length {result['mean_tokens']:.1f} "
-          f"tokens; max |fixed - dynamic| = {max_abs:.2e}")
+          f"tokens; max |fixed - dynamic| = {max_abs:.2e}; load average "
+          f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if args.out:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
         with open(args.out, "w", encoding="utf-8") as f:

@@ -19,13 +19,14 @@ Layout written under `--out`:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.resources
 import json
 import os
 import shutil
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -58,7 +59,6 @@ def load_config_and_weights(tiny: bool) -> Tuple[BertConfig, Dict[str, np.ndarra
     src = model_dir()
     cfg = BertConfig.from_json_file(os.path.join(src, "config.json"))
     if tiny:
-        import dataclasses
         cfg = dataclasses.replace(cfg, **TINY_CONFIG)
         return cfg, random_hf_weights(cfg, seed=TINY_SEED), f"random(seed={TINY_SEED})"
     from safetensors.numpy import load_file
@@ -263,7 +263,6 @@ def build_hub_modules(out_dir: str, tiny: bool = False,
     encoder_path = os.path.join(out_dir, "encoder")
     _save(build_preprocess_module(vocab_path, seq_length), preprocess_path)
     _save(build_encoder_module(cfg, weights, vocab_path), encoder_path)
-    import dataclasses
     info = {
         "model": "sentence-transformers/all-MiniLM-L6-v2" + (" (tiny random config)" if tiny else ""),
         "source_package": MODEL_PACKAGE,
