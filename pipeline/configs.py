@@ -6,8 +6,10 @@ arguments (e.g. `TOWER_RECS_DATA=/data/ml make run`).
 """
 from __future__ import annotations
 
+import json
 import os
 
+from pipeline.components.gate_config import EvaluationConfig, ServingCheckConfig
 from trainer.model_config import ModelConfig
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,3 +55,26 @@ MODEL_CONFIG = ModelConfig(
 
 # Beam runs in-process by default; on a cluster pass e.g. --runner=DataflowRunner.
 BEAM_PIPELINE_ARGS = _env("BEAM_PIPELINE_ARGS", "--direct_running_mode=in_memory --direct_num_workers=1").split()
+
+# -- Gates before Pusher (pipeline/components/retrieval_evaluator.py, serving_check.py) ------------
+# RetrievalEvaluator: full-catalogue Recall/NDCG@K; absolute minimums, and the candidate may be at most
+# EVAL_MAX_RELATIVE_DROP worse than the latest blessed model on EVAL_BASELINE_METRIC.
+EVAL_KS = tuple(int(k) for k in _env("EVAL_KS", "10,50,100").split(","))
+EVAL_THRESHOLDS = json.loads(_env("EVAL_THRESHOLDS", '{"recall@50": 0.05}'))
+EVAL_BASELINE_METRIC = _env("EVAL_BASELINE_METRIC", "recall@50")
+EVAL_MAX_RELATIVE_DROP = float(_env("EVAL_MAX_RELATIVE_DROP", "0.05"))
+EVALUATION_CONFIG = EvaluationConfig(ks=EVAL_KS, thresholds=EVAL_THRESHOLDS, baseline_metric=EVAL_BASELINE_METRIC,
+                                     max_relative_drop=EVAL_MAX_RELATIVE_DROP)
+
+# ServingCheck: loads the model in a TF + TF Text only process (ops, signatures, warmup, latency).
+SERVING_CHECK_CONFIG = ServingCheckConfig(
+    latency_calls=int(_env("SERVING_LATENCY_CALLS", "50")),
+    max_p99_ms=float(_env("SERVING_MAX_P99_MS", "1000")),
+)
+# "" (default): ServingCheck. "docker" / "kubernetes": TFX's stock InfraValidator starting
+# tensorflow/serving:<TF_SERVING_TAG> (needs a Docker engine or a cluster; not available here).
+INFRA_VALIDATOR = _env("INFRA_VALIDATOR", "")
+TF_SERVING_TAG = _env("TF_SERVING_TAG", "2.16.1")
+
+# Run reports: <OUTPUT_DIR>/reports/latest.html (+ latest.json); each run's report is also an artifact.
+REPORTS_DIR = _abs(_env("REPORTS_DIR", os.path.join(OUTPUT_DIR, "reports")))

@@ -3,10 +3,16 @@
     interactions ─ CsvExampleGen ─ StatisticsGen ─ ExampleValidator ─┐
     items ──────── CsvExampleGen ─ StatisticsGen ─ ExampleValidator ─┴ AnomalyGate
     interactions ─ Transform (id vocabularies, history) ───────────────┐
-    items + Transform ─ CatalogTrainer (two-tower, BERT item text) ─ Pusher
+    items + Transform ─ CatalogTrainer (two-tower, BERT item text) ─┐
+    latest blessed model (Resolver) ─ RetrievalEvaluator (full-catalogue Recall/NDCG, ModelBlessing) ─┐
+    CatalogTrainer ─ ServingCheck (TF + TF Text only process; or stock InfraValidator) ─ InfraBlessing ┴ Pusher
+    statistics + evaluation + blessings + push ─ RunReport (HTML, <OUTPUT_DIR>/reports/latest.html)
+
+Pusher pushes only a model that both the evaluator and the serving check blessed.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from ml_metadata.proto import metadata_store_pb2
@@ -14,6 +20,9 @@ from tfx import v1 as tfx
 
 from pipeline.components.anomaly_gate import AnomalyGate
 from pipeline.components.catalog_trainer import ITEMS_SPLIT, CatalogTrainer
+from pipeline.components.gate_config import EvaluationConfig, ServingCheckConfig
+from pipeline.components.retrieval_evaluator import RetrievalEvaluator
+from pipeline.components.serving_check import ServingCheck
 from trainer.model_config import ModelConfig
 
 
@@ -49,6 +58,27 @@ def _validated(examples, schema_path: str, name: str):
     return statistics_gen, schema_gen, validator
 
 
+def _stock_infra_validator(model, examples, backend: str, tf_serving_tag: str):
+    """TFX's InfraValidator with the stock tensorflow/serving image (needs Docker or Kubernetes)."""
+    if backend == "docker":
+        platform = {"local_docker": tfx.proto.LocalDockerConfig()}
+    elif backend == "kubernetes":
+        platform = {"kubernetes": tfx.proto.KubernetesConfig()}
+    else:
+        raise ValueError(f"infra_validator must be '', 'docker' or 'kubernetes', got {backend!r}")
+    return tfx.components.InfraValidator(
+        model=model,
+        examples=examples,
+        serving_spec=tfx.proto.ServingSpec(
+            tensorflow_serving=tfx.proto.TensorFlowServing(tags=[tf_serving_tag]), **platform),
+        # serve_tf_examples takes serialized tf.Examples: the raw interactions carry user_id, history.
+        request_spec=tfx.proto.RequestSpec(
+            tensorflow_serving=tfx.proto.TensorFlowServingRequestSpec(signature_names=["serve_tf_examples"]),
+            split_name="eval", num_examples=10),
+        validation_spec=tfx.proto.ValidationSpec(max_loading_time_seconds=120, num_tries=3),
+    )
+
+
 def create_pipeline(
     pipeline_name: str,
     pipeline_root: str,
@@ -65,15 +95,38 @@ def create_pipeline(
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     beam_pipeline_args: Optional[list[str]] = None,
     enable_cache: bool = True,
+    evaluation_config: Optional[EvaluationConfig] = None,
+    serving_check_config: Optional[ServingCheckConfig] = None,
+    infra_validator: Optional[str] = None,
+    tf_serving_tag: Optional[str] = None,
+    report_dir: Optional[str] = None,
 ) -> tfx.dsl.Pipeline:
-    """Builds the pipeline; `serving_model_dir` is `<base>/<model_name>` (TF Serving's layout)."""
+    """Builds the pipeline; `serving_model_dir` is `<base>/<model_name>` (TF Serving's layout).
+
+    Gates (defaults from `pipeline/configs.py`): `evaluation_config` (RetrievalEvaluator),
+    `serving_check_config` (ServingCheck), `infra_validator` "docker"/"kubernetes" to use TFX's stock
+    InfraValidator with tensorflow/serving:`tf_serving_tag` instead of ServingCheck, `report_dir`
+    where `latest.html` of the RunReport goes ("" for none).
+    """
+    from pipeline import configs
+    from pipeline.report import RunReport
+
+    evaluation_config = evaluation_config or configs.EVALUATION_CONFIG
+    serving_check_config = serving_check_config or configs.SERVING_CHECK_CONFIG
+    infra_validator = configs.INFRA_VALIDATOR if infra_validator is None else infra_validator
+    tf_serving_tag = tf_serving_tag or configs.TF_SERVING_TAG
+    if report_dir is None:
+        report_dir = configs.REPORTS_DIR if pipeline_root == configs.PIPELINE_ROOT else \
+            os.path.join(pipeline_root, "reports")
     interaction_gen = _interaction_example_gen(interactions_path)
     item_gen = _item_example_gen(items_path)
     i_stats, i_schema, i_validator = _validated(interaction_gen.outputs["examples"], interactions_schema_path,
                                                 "Interaction")
     c_stats, c_schema, c_validator = _validated(item_gen.outputs["examples"], items_schema_path, "Item")
     gate = AnomalyGate(interaction_anomalies=i_validator.outputs["anomalies"],
-                       item_anomalies=c_validator.outputs["anomalies"])
+                       item_anomalies=c_validator.outputs["anomalies"],
+                       interactions=interaction_gen.outputs["examples"],
+                       items=item_gen.outputs["examples"])
 
     transform = tfx.components.Transform(
         examples=interaction_gen.outputs["examples"],
@@ -95,14 +148,45 @@ def create_pipeline(
     )
     trainer.add_upstream_node(gate)
 
+    # The previous model to beat: the latest one the evaluator blessed.
+    baseline_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("LatestBlessedModelResolver")
+    evaluator = RetrievalEvaluator(
+        model=trainer.outputs["model"],
+        baseline_model=baseline_resolver.outputs["model"],
+        examples=interaction_gen.outputs["examples"],
+        items=item_gen.outputs["examples"],
+        config=evaluation_config,
+    )
+    if infra_validator:
+        serving_check = _stock_infra_validator(trainer.outputs["model"], interaction_gen.outputs["examples"],
+                                               infra_validator, tf_serving_tag)
+    else:
+        serving_check = ServingCheck(model=trainer.outputs["model"], config=serving_check_config)
+
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=serving_check.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)),
     )
+    report = RunReport(
+        evaluation=evaluator.outputs["evaluation"],
+        model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=serving_check.outputs["blessing"],
+        interaction_statistics=i_stats.outputs["statistics"],
+        item_statistics=c_stats.outputs["statistics"],
+        pushed_model=pusher.outputs["pushed_model"],
+        report_dir=report_dir,
+        pipeline_name=pipeline_name,
+    )
 
     components = [interaction_gen, item_gen, i_stats, i_schema, i_validator, c_stats, c_schema, c_validator,
-                  gate, transform, trainer, pusher]
+                  gate, transform, trainer, baseline_resolver, evaluator, serving_check, pusher, report]
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,

@@ -5,6 +5,8 @@ and the Trainer are made to depend on this gate, so bad data stops the run befor
 anything is trained or pushed, with a message that names each column and problem.
 """
 
+import collections
+import glob
 import os
 
 from tensorflow_metadata.proto.v0 import anomalies_pb2
@@ -36,14 +38,98 @@ def read_anomalies(artifact: tfx.types.standard_artifacts.ExampleAnomalies) -> "
     return problems
 
 
+# -- checks a schema cannot express (read from the ExampleGen outputs) ----------------------------
+_MAX_EXAMPLES_SHOWN = 3
+
+
+def _read_split(artifact, split: str, columns) -> "dict[str, list]":
+    """Raw bytes/ints of `columns` in one split of an ExampleGen output (missing values: None)."""
+    import tensorflow as tf
+
+    out = {name: [] for name in columns}
+    files = sorted(glob.glob(os.path.join(artifact_utils.get_split_uri([artifact], split), "*")))
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        example = tf.train.Example.FromString(record.numpy())
+        for name in columns:
+            feature = example.features.feature.get(name)
+            kind = feature.WhichOneof("kind") if feature is not None else None
+            values = list(getattr(feature, kind).value) if kind else []
+            out[name].append(values[0] if values else None)
+    return out
+
+
+def _shown(values) -> str:
+    values = sorted(values, key=repr)
+    more = f" (and {len(values) - _MAX_EXAMPLES_SHOWN} more)" if len(values) > _MAX_EXAMPLES_SHOWN else ""
+    return ", ".join(repr(v) for v in values[:_MAX_EXAMPLES_SHOWN]) + more
+
+
+def _utf8_problems(name: str, split: str, columns: "dict[str, list]") -> "list[str]":
+    problems = []
+    for column, values in columns.items():
+        bad = [i for i, v in enumerate(values) if isinstance(v, bytes) and not _is_utf8(v)]
+        if bad:
+            problems.append(f"{name} {split}: column '{column}': {len(bad)} value(s) are not valid UTF-8 "
+                            f"(rows {bad[:_MAX_EXAMPLES_SHOWN]})")
+    return problems
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def check_examples(interactions, items, interaction_splits=("train", "eval"), item_split="items") -> "list[str]":
+    """Referential integrity, duplicates and UTF-8 of the ExampleGen outputs, one line per problem."""
+    from trainer import features
+
+    problems = []
+    catalogue = _read_split(items, item_split, features.ITEM_COLUMNS)
+    problems += _utf8_problems("items", item_split, catalogue)
+    item_ids = [v for v in catalogue[features.ITEM_ID] if v is not None]
+    counts = collections.Counter(item_ids)
+    duplicated = {v for v, n in counts.items() if n > 1}
+    if duplicated:
+        problems.append(f"items {item_split}: column '{features.ITEM_ID}': {len(duplicated)} duplicated item id(s) "
+                        f"in the catalogue: {_shown(duplicated)}")
+    known = set(item_ids)
+    seen_rows: dict = {}
+    for split in interaction_splits:
+        rows = _read_split(interactions, split, features.INTERACTION_COLUMNS)
+        problems += _utf8_problems("interactions", split, rows)
+        unknown = {v for v in rows[features.ITEM_ID] if v is not None and v not in known}
+        if unknown:
+            problems.append(
+                f"interactions {split}: column '{features.ITEM_ID}': {len(unknown)} item id(s) outside the domain "
+                f"(not in the item catalogue): {_shown(unknown)}")
+        keys = list(zip(*(rows[c] for c in (features.USER_ID, features.ITEM_ID, features.TIMESTAMP))))
+        repeated = [key for key in keys if key in seen_rows or seen_rows.setdefault(key, split) != split]
+        if repeated:
+            problems.append(
+                f"interactions {split}: duplicated rows: {len(repeated)} row(s) repeat an earlier "
+                f"(user_id, item_id, timestamp): {_shown(set(repeated))}")
+    return problems
+
+
 @tfx.dsl.components.component
 def AnomalyGate(
     interaction_anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
     item_anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
+    interactions: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples] = None,
+    items: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples] = None,
 ) -> None:
-    """Raises DataAnomalyError listing every anomaly in interactions and items."""
+    """Raises DataAnomalyError listing every anomaly in interactions and items.
+
+    With `interactions` and `items` (the ExampleGen outputs) it also checks what the schema cannot:
+    interaction item ids outside the catalogue, duplicated rows / item ids, invalid UTF-8.
+    """
     problems = [f"interactions {p}" for p in read_anomalies(interaction_anomalies)]
     problems += [f"items {p}" for p in read_anomalies(item_anomalies)]
+    if interactions is not None and items is not None:
+        problems += check_examples(interactions, items)
     if problems:
         raise DataAnomalyError(
             "Input data failed validation; nothing was trained or pushed:\n  " + "\n  ".join(problems))

@@ -1,0 +1,42 @@
+"""Settings of the gates before Pusher (no TFX import, so `pipeline.configs` stays light)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    ks: tuple[int, ...] = (10, 50, 100)
+    # Absolute lower bounds on the candidate's overall metrics.
+    thresholds: dict = dataclasses.field(default_factory=lambda: {"recall@50": 0.05})
+    # Candidate vs. the latest blessed model on this metric.
+    baseline_metric: str = "recall@50"
+    max_relative_drop: float = 0.05
+    batch_size: int = 256
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EvaluationConfig":
+        values = json.loads(text) if text else {}
+        if "ks" in values:
+            values["ks"] = tuple(int(k) for k in values["ks"])
+        return cls(**values)
+
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingCheckConfig:
+    latency_calls: int = 50
+    max_p99_ms: float = 1000.0    # generous: a shared 2-core box; TF Serving itself is faster
+    require_warmup: bool = True
+    timeout_s: int = 600
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServingCheckConfig":
+        return cls(**(json.loads(text) if text else {}))

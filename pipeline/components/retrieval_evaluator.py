@@ -1,0 +1,317 @@
+"""RetrievalEvaluator: full-catalogue Recall@K / NDCG@K of the served model, and a ModelBlessing.
+
+TFX's Evaluator (TFMA) has no retrieval metric over a whole catalogue, so this component
+evaluates the exported SavedModel exactly as TF Serving will call it: the `serving_default`
+signature with raw inputs (user_id, history, exclude, k).
+
+Protocol (the split of `data.prepare`: per user, the latest interactions are eval):
+  query     = the user's train items, oldest first / most recent last, capped at HISTORY_LENGTH
+              (the history as of the user's first eval interaction)
+  exclude   = every train item of the user (already seen)
+  relevant  = the user's eval items
+Metrics come from `trainer.metrics.retrieval_metrics` (mean over users with >= 1 relevant item),
+overall and on slices:
+  cold_items   relevant = eval items that never occur in train (users with at least one)
+  new_users    eval users with no train interaction (empty history)
+  light_users  users with train count <= the median train count
+  heavy_users  users with train count  > the median train count
+
+Blessing (written as TFX's Evaluator does: `blessed` custom property 1/0, BLESSED / NOT_BLESSED
+file, `current_model[_id]`, `baseline_model[_id]`, so Pusher and LatestBlessedModelStrategy read it):
+  * every absolute threshold `{metric: minimum}` holds for the candidate, and
+  * with a baseline (the latest blessed model), candidate[metric] >= baseline[metric] * (1 - max_relative_drop).
+A first run (no baseline) is judged on the absolute thresholds alone.
+
+Outputs: `evaluation` (ModelEvaluation) holds `metrics.json` (see `EvalResult` layout in
+`evaluate_and_judge`); `blessing` (ModelBlessing).
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import time
+from typing import Any, Optional, Sequence
+
+from absl import logging
+from tfx import types
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import artifact_utils, component_spec, standard_artifacts
+from tfx.utils import io_utils, path_utils
+
+from pipeline.components.gate_config import EvaluationConfig  # noqa: F401  (re-exported)
+from trainer import features
+
+METRICS_FILE = "metrics.json"
+BLESSED_FILE = "BLESSED"          # tfx.components.evaluator.constants.BLESSED_FILE_NAME
+NOT_BLESSED_FILE = "NOT_BLESSED"  # tfx.components.evaluator.constants.NOT_BLESSED_FILE_NAME
+
+MODEL_KEY = "model"
+BASELINE_MODEL_KEY = "baseline_model"
+EXAMPLES_KEY = "examples"
+ITEMS_KEY = "items"
+CONFIG_KEY = "config"
+EVALUATION_KEY = "evaluation"
+BLESSING_KEY = "blessing"
+
+TRAIN_SPLIT = "train"
+EVAL_SPLIT = "eval"
+ITEMS_SPLIT = "items"
+
+
+# -- data ----------------------------------------------------------------------------------------
+def _split_files(artifact: types.Artifact, split: str) -> list[str]:
+    files = sorted(glob.glob(os.path.join(artifact_utils.get_split_uri([artifact], split), "*")))
+    if not files:
+        raise FileNotFoundError(f"No files in split '{split}' of {artifact.uri}")
+    return files
+
+
+def read_columns(files: Sequence[str], columns: dict[str, Any]) -> dict[str, list]:
+    """Columns of gzipped tf.Example TFRecords (ExampleGen output) as python lists."""
+    import tensorflow as tf
+
+    spec = {name: tf.io.FixedLenFeature([], dtype, default_value=default)
+            for name, (dtype, default) in columns.items()}
+    out: dict[str, list] = {name: [] for name in columns}
+    for batch in tf.data.TFRecordDataset(list(files), compression_type="GZIP").batch(8192):
+        parsed = tf.io.parse_example(batch, spec)
+        for name in columns:
+            values = parsed[name].numpy().tolist()
+            out[name].extend(v.decode("utf-8") if isinstance(v, bytes) else v for v in values)
+    return out
+
+
+@dataclasses.dataclass
+class EvalData:
+    users: list[str]               # eval users (with >= 1 eval item)
+    histories: list[list[str]]     # query history per user (most recent last)
+    exclude: list[list[str]]       # train items per user
+    relevant: list[set]            # eval items per user
+    train_counts: list[int]
+    cold_items: set
+    catalogue_size: int
+
+
+def load_eval_data(examples: types.Artifact, items: Optional[types.Artifact],
+                   history_length: int = features.HISTORY_LENGTH) -> EvalData:
+    import tensorflow as tf
+
+    columns = {features.USER_ID: (tf.string, ""), features.ITEM_ID: (tf.string, ""),
+               features.TIMESTAMP: (tf.int64, 0)}
+    train = read_columns(_split_files(examples, TRAIN_SPLIT), columns)
+    evals = read_columns(_split_files(examples, EVAL_SPLIT), columns)
+    train_events: dict[str, list] = {}
+    for i, (user, item, ts) in enumerate(zip(train[features.USER_ID], train[features.ITEM_ID],
+                                             train[features.TIMESTAMP])):
+        train_events.setdefault(user, []).append((ts, i, item))
+    relevant: dict[str, set] = {}
+    for user, item in zip(evals[features.USER_ID], evals[features.ITEM_ID]):
+        relevant.setdefault(user, set()).add(item)
+    train_items = set(train[features.ITEM_ID])
+    catalogue_size = 0
+    if items is not None:
+        catalogue_size = len(set(read_columns(_split_files(items, ITEMS_SPLIT),
+                                              {features.ITEM_ID: (tf.string, "")})[features.ITEM_ID]))
+    data = EvalData([], [], [], [], [], cold_items=set(evals[features.ITEM_ID]) - train_items,
+                    catalogue_size=catalogue_size)
+    for user in sorted(relevant):
+        events = [item for _, _, item in sorted(train_events.get(user, []))]
+        data.users.append(user)
+        data.histories.append(events[-history_length:] if history_length else [])
+        data.exclude.append(sorted(set(events)))
+        data.relevant.append(relevant[user])
+        data.train_counts.append(len(events))
+    return data
+
+
+# -- scoring -------------------------------------------------------------------------------------
+def _pad(rows: Sequence[Sequence[str]]) -> "Any":
+    import numpy as np
+
+    width = max((len(r) for r in rows), default=0)
+    out = np.full([len(rows), width], features.PAD, dtype=object)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = list(row)
+    return out
+
+
+def recommend_all(model_dir: str, data: EvalData, k: int, batch_size: int = 256) -> "Any":
+    """Top-k item ids [U, k] (str) from the SavedModel's serving_default signature."""
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the item-text tower's ops)
+
+    loaded = tf.saved_model.load(model_dir)
+    signature = loaded.signatures[features.SERVING_DEFAULT]
+    rows = []
+    for start in range(0, len(data.users), batch_size):
+        end = start + batch_size
+        result = signature(**{
+            features.USER_ID: tf.constant(np.asarray(data.users[start:end], dtype=object)),
+            features.HISTORY: tf.constant(_pad(data.histories[start:end]), tf.string),
+            features.INPUT_EXCLUDE: tf.constant(_pad(data.exclude[start:end]), tf.string),
+            features.INPUT_K: tf.constant(k, tf.int32),
+        })
+        rows.append(result[features.OUTPUT_ITEM_IDS].numpy())
+    if not rows:
+        return np.zeros([0, k], dtype=object)
+    top = np.concatenate(rows).astype(object)
+    return np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v, otypes=[object])(top)
+
+
+def slice_rows(data: EvalData) -> dict[str, tuple[list[int], Optional[list[set]]]]:
+    """Slice name -> (user rows, relevant sets if they differ from the overall ones)."""
+    import numpy as np
+
+    counts = np.asarray(data.train_counts)
+    median = float(np.median(counts[counts > 0])) if (counts > 0).any() else 0.0
+    cold_rows, cold_relevant = [], []
+    for i, rel in enumerate(data.relevant):
+        cold = rel & data.cold_items
+        if cold:
+            cold_rows.append(i)
+            cold_relevant.append(cold)
+    return {
+        "cold_items": (cold_rows, cold_relevant),
+        "new_users": ([i for i, c in enumerate(counts) if c == 0], None),
+        "light_users": ([i for i, c in enumerate(counts) if 0 < c <= median], None),
+        "heavy_users": ([i for i, c in enumerate(counts) if c > median], None),
+    }
+
+
+def compute_metrics(top: "Any", data: EvalData, ks: Sequence[int]) -> dict[str, Any]:
+    from trainer.metrics import retrieval_metrics
+
+    result: dict[str, Any] = {"overall": retrieval_metrics(top, data.relevant, ks), "slices": {}}
+    for name, (rows, relevant) in slice_rows(data).items():
+        if not rows:
+            result["slices"][name] = {"users": 0}
+            continue
+        rel = relevant if relevant is not None else [data.relevant[i] for i in rows]
+        result["slices"][name] = retrieval_metrics(top[rows], rel, ks)
+    return result
+
+
+def evaluate_model(model_dir: str, data: EvalData, ks: Sequence[int], batch_size: int = 256) -> dict[str, Any]:
+    start = time.time()
+    top = recommend_all(model_dir, data, max(ks), batch_size)
+    metrics = compute_metrics(top, data, ks)
+    metrics["model_dir"] = model_dir
+    metrics["seconds"] = round(time.time() - start, 2)
+    return metrics
+
+
+def judge(candidate: dict, baseline: Optional[dict], cfg: EvaluationConfig) -> tuple[bool, list[str]]:
+    """(blessed, reasons): one reason per check, prefixed PASS / FAIL."""
+    reasons = []
+    overall = candidate["overall"]
+    for metric, minimum in sorted(cfg.thresholds.items()):
+        value = overall.get(metric)
+        if value is None:
+            reasons.append(f"FAIL {metric}: not computed (ks={list(cfg.ks)})")
+        elif value >= minimum:
+            reasons.append(f"PASS {metric} = {value:.4f} >= {minimum} (absolute threshold)")
+        else:
+            reasons.append(f"FAIL {metric} = {value:.4f} < {minimum} (absolute threshold)")
+    if baseline is None:
+        reasons.append("PASS no baseline (first blessed model): judged on absolute thresholds only")
+    else:
+        metric = cfg.baseline_metric
+        value, base = overall.get(metric, 0.0), baseline["overall"].get(metric, 0.0)
+        floor = base * (1.0 - cfg.max_relative_drop)
+        verdict = "PASS" if value >= floor else "FAIL"
+        relation = ">=" if value >= floor else "<"
+        reasons.append(f"{verdict} {metric} = {value:.4f} {relation} baseline {base:.4f} - "
+                       f"{cfg.max_relative_drop:.0%} = {floor:.4f}")
+    return all(r.startswith("PASS") for r in reasons), reasons
+
+
+# -- TFX component -------------------------------------------------------------------------------
+class RetrievalEvaluatorSpec(component_spec.ComponentSpec):
+    PARAMETERS = {CONFIG_KEY: component_spec.ExecutionParameter(type=str)}
+    INPUTS = {
+        MODEL_KEY: component_spec.ChannelParameter(type=standard_artifacts.Model),
+        BASELINE_MODEL_KEY: component_spec.ChannelParameter(type=standard_artifacts.Model, optional=True),
+        EXAMPLES_KEY: component_spec.ChannelParameter(type=standard_artifacts.Examples),
+        ITEMS_KEY: component_spec.ChannelParameter(type=standard_artifacts.Examples),
+    }
+    OUTPUTS = {
+        EVALUATION_KEY: component_spec.ChannelParameter(type=standard_artifacts.ModelEvaluation),
+        BLESSING_KEY: component_spec.ChannelParameter(type=standard_artifacts.ModelBlessing),
+    }
+
+
+class RetrievalEvaluatorExecutor(base_executor.BaseExecutor):
+
+    def Do(self, input_dict, output_dict, exec_properties) -> None:
+        start = time.time()
+        cfg = EvaluationConfig.from_json(exec_properties.get(CONFIG_KEY) or "")
+        model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
+        baseline_model = (input_dict.get(BASELINE_MODEL_KEY) or [None])[0]
+        examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
+        items = (input_dict.get(ITEMS_KEY) or [None])[0]
+        evaluation = artifact_utils.get_single_instance(output_dict[EVALUATION_KEY])
+        blessing = artifact_utils.get_single_instance(output_dict[BLESSING_KEY])
+
+        data = load_eval_data(examples, items)
+        logging.info("RetrievalEvaluator: %d eval users, %d cold items, catalogue %d",
+                     len(data.users), len(data.cold_items), data.catalogue_size)
+        candidate = evaluate_model(path_utils.serving_model_path(model.uri), data, cfg.ks, cfg.batch_size)
+        baseline = None
+        if baseline_model is not None:
+            if baseline_model.uri == model.uri:
+                baseline = candidate
+            else:
+                baseline = evaluate_model(path_utils.serving_model_path(baseline_model.uri), data, cfg.ks,
+                                          cfg.batch_size)
+        blessed, reasons = judge(candidate, baseline, cfg)
+        message = "; ".join(r for r in reasons if r.startswith("FAIL")) or "all checks passed"
+        result = {
+            "blessed": blessed,
+            "message": message,
+            "reasons": reasons,
+            "config": dataclasses.asdict(cfg),
+            "candidate": {"uri": model.uri, "id": model.id, **candidate},
+            "baseline": None if baseline is None else {"uri": baseline_model.uri, "id": baseline_model.id,
+                                                        **baseline},
+            "data": {"eval_users": len(data.users), "cold_items": len(data.cold_items),
+                     "catalogue_size": data.catalogue_size,
+                     "median_train_count": float(sorted(data.train_counts)[len(data.train_counts) // 2])
+                     if data.train_counts else 0.0},
+            "seconds": round(time.time() - start, 2),
+        }
+        io_utils.write_string_file(os.path.join(evaluation.uri, METRICS_FILE), json.dumps(result, indent=2))
+        evaluation.set_int_custom_property("blessed", int(blessed))
+        evaluation.set_float_custom_property(cfg.baseline_metric, candidate["overall"].get(cfg.baseline_metric, 0.0))
+
+        # Exactly what Pusher (`blessed`) and LatestBlessedModelStrategy (`current_model_id`) read.
+        blessing.set_string_custom_property("current_model", model.uri)
+        blessing.set_int_custom_property("current_model_id", model.id)
+        if baseline_model is not None:
+            blessing.set_string_custom_property("baseline_model", baseline_model.uri)
+            blessing.set_int_custom_property("baseline_model_id", baseline_model.id)
+        blessing.set_string_custom_property("blessing_message", message[:2000])
+        io_utils.write_string_file(os.path.join(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE), "")
+        blessing.set_int_custom_property("blessed", int(blessed))
+        logging.info("RetrievalEvaluator: blessed=%s in %.1fs\n  %s", blessed, result["seconds"],
+                     "\n  ".join(reasons))
+
+
+class RetrievalEvaluator(base_component.BaseComponent):
+    """Full-catalogue retrieval evaluation of `model` (vs. `baseline_model`) -> ModelBlessing."""
+
+    SPEC_CLASS = RetrievalEvaluatorSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(RetrievalEvaluatorExecutor)
+
+    def __init__(self, model: types.BaseChannel, examples: types.BaseChannel, items: types.BaseChannel,
+                 baseline_model: Optional[types.BaseChannel] = None,
+                 config: Optional[EvaluationConfig] = None):
+        spec = RetrievalEvaluatorSpec(
+            model=model, baseline_model=baseline_model, examples=examples, items=items,
+            config=(config or EvaluationConfig()).to_json(),
+            evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
+            blessing=types.Channel(type=standard_artifacts.ModelBlessing),
+        )
+        super().__init__(spec=spec)

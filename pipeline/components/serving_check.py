@@ -1,0 +1,160 @@
+"""ServingCheck: an InfraBlessing without Docker (TFX's InfraValidator needs Docker/Kubernetes).
+
+In a fresh, isolated Python process that imports only `tensorflow` and `tensorflow_text`
+(`serving_probe.py`, run with `python -I`: no project code on sys.path) it
+  1. lists every op of the SavedModel's graphs (function library included) and requires each
+     to be registered in TF core 2.16 or listed in TF Text 2.12 (`serving_ops.TF_TEXT_2_12_OPS`),
+  2. loads the model and checks the four signatures with their input/output names,
+  3. replays `assets.extra/tf_serving_warmup_requests` (PredictionLog TFRecords) like TF Serving,
+  4. measures serving_default latency at batch 1 (p50/p99 over `latency_calls` calls).
+Then it writes the standard `InfraBlessing` exactly as InfraValidator does (custom property
+`blessed` 1/0, file INFRA_BLESSED / INFRA_NOT_BLESSED) plus `serving_check.json` with the details.
+Where Docker or Kubernetes exists, `pipeline.create_pipeline(infra_validator="docker"|"kubernetes")`
+uses TFX's stock InfraValidator with `tensorflow/serving:2.16.1` instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Optional
+
+from absl import logging
+from tfx import types
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import artifact_utils, component_spec, standard_artifacts
+from tfx.utils import io_utils, path_utils
+
+from pipeline.components.gate_config import ServingCheckConfig  # noqa: F401  (re-exported)
+from pipeline.components.serving_ops import TF_TEXT_2_12_OPS
+from trainer import features
+
+RESULT_FILE = "serving_check.json"
+BLESSED_FILE = "INFRA_BLESSED"          # as tfx.components.infra_validator.executor
+NOT_BLESSED_FILE = "INFRA_NOT_BLESSED"
+MODEL_KEY = "model"
+CONFIG_KEY = "config"
+BLESSING_KEY = "blessing"
+PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serving_probe.py")
+
+EXPECTED_SIGNATURES = {
+    features.SERVING_DEFAULT: {
+        "inputs": [features.USER_ID, features.HISTORY, features.INPUT_EXCLUDE, features.INPUT_K],
+        "outputs": [features.OUTPUT_ITEM_IDS, features.OUTPUT_SCORES]},
+    features.SERVE_TF_EXAMPLES: {"inputs": ["examples"],
+                                 "outputs": [features.OUTPUT_ITEM_IDS, features.OUTPUT_SCORES]},
+    features.QUERY_EMBEDDING: {"inputs": [features.USER_ID, features.HISTORY],
+                               "outputs": [features.OUTPUT_EMBEDDING]},
+    features.CANDIDATE_EMBEDDING: {
+        "inputs": [features.ITEM_ID, features.TITLE, features.CATEGORIES, features.DESCRIPTION],
+        "outputs": [features.OUTPUT_EMBEDDING]},
+}
+# Top-level packages of this project: none may be imported by the probe.
+PROJECT_PACKAGES = ["pipeline", "trainer", "encoder", "data", "serving", "benchmarks", "schema"]
+
+
+def probe(model_dir: str, cfg: ServingCheckConfig) -> dict:
+    """Runs serving_probe.py in a fresh isolated interpreter; returns its result dict."""
+    with tempfile.TemporaryDirectory() as tmp:
+        request_path, result_path = os.path.join(tmp, "request.json"), os.path.join(tmp, "result.json")
+        with open(request_path, "w", encoding="utf-8") as f:
+            json.dump({
+                "model_dir": model_dir,
+                "tf_text_ops": sorted(TF_TEXT_2_12_OPS),
+                "expected_signatures": EXPECTED_SIGNATURES,
+                "latency_calls": cfg.latency_calls,
+                "latency_inputs": {
+                    features.USER_ID: [["serving-check-user"], "string"],
+                    features.HISTORY: [[[features.PAD]], "string"],
+                    features.INPUT_EXCLUDE: [[[features.PAD]], "string"],
+                    features.INPUT_K: [10, "int32"],
+                },
+                "project_packages": PROJECT_PACKAGES,
+            }, f)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        proc = subprocess.run([sys.executable, "-I", PROBE, request_path, result_path], cwd=tmp, env=env,
+                              capture_output=True, text=True, timeout=cfg.timeout_s)
+        if proc.returncode != 0 or not os.path.exists(result_path):
+            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+            return {"model_dir": model_dir, "error": f"probe exited with {proc.returncode}: {tail}"}
+        with open(result_path, encoding="utf-8") as f:
+            return json.load(f)
+
+
+def judge(result: dict, cfg: ServingCheckConfig) -> tuple[bool, list[str]]:
+    if "error" in result:
+        return False, [f"FAIL the model does not load in a TF-only process: {result['error']}"]
+    reasons = []
+    bad_ops = result.get("ops_not_allowed", [])
+    reasons.append(f"FAIL ops not in TF core 2.16 + TF Text 2.12: {bad_ops}" if bad_ops
+                   else "PASS all graph ops are in TF core 2.16 + TF Text 2.12")
+    problems = result.get("signature_problems", [])
+    reasons.append("FAIL " + "; ".join(problems) if problems else "PASS signatures and their inputs/outputs")
+    warmup = result.get("warmup") or {}
+    if warmup.get("errors"):
+        reasons.append(f"FAIL warmup replay: {len(warmup['errors'])} of {warmup['records']} requests failed: "
+                       f"{warmup['errors'][0]}")
+    elif not warmup.get("file") and cfg.require_warmup:
+        reasons.append("FAIL no assets.extra/tf_serving_warmup_requests")
+    else:
+        reasons.append(f"PASS warmup replay of {warmup.get('records', 0)} requests")
+    latency = result.get("latency_ms")
+    if cfg.latency_calls > 0:
+        if not latency:
+            reasons.append("FAIL latency not measured (no serving_default)")
+        elif latency["p99"] > cfg.max_p99_ms:
+            reasons.append(f"FAIL p99 latency {latency['p99']:.1f} ms > {cfg.max_p99_ms} ms")
+        else:
+            reasons.append(f"PASS latency p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms "
+                           f"<= {cfg.max_p99_ms} ms")
+    if result.get("project_modules"):
+        reasons.append(f"FAIL probe imported project modules {result['project_modules']}")
+    return all(r.startswith("PASS") for r in reasons), reasons
+
+
+class ServingCheckSpec(component_spec.ComponentSpec):
+    PARAMETERS = {CONFIG_KEY: component_spec.ExecutionParameter(type=str)}
+    INPUTS = {MODEL_KEY: component_spec.ChannelParameter(type=standard_artifacts.Model)}
+    OUTPUTS = {BLESSING_KEY: component_spec.ChannelParameter(type=standard_artifacts.InfraBlessing)}
+
+
+class ServingCheckExecutor(base_executor.BaseExecutor):
+
+    def Do(self, input_dict, output_dict, exec_properties) -> None:
+        start = time.time()
+        cfg = ServingCheckConfig.from_json(exec_properties.get(CONFIG_KEY) or "")
+        model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
+        blessing = artifact_utils.get_single_instance(output_dict[BLESSING_KEY])
+        result = probe(path_utils.serving_model_path(model.uri), cfg)
+        blessed, reasons = judge(result, cfg)
+        result.update(blessed=blessed, reasons=reasons, config=dataclasses.asdict(cfg),
+                      message="; ".join(r for r in reasons if r.startswith("FAIL")) or "all checks passed",
+                      total_seconds=round(time.time() - start, 2))
+        io_utils.write_string_file(os.path.join(blessing.uri, RESULT_FILE), json.dumps(result, indent=2))
+        io_utils.write_string_file(os.path.join(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE), "")
+        blessing.set_int_custom_property("blessed", int(blessed))
+        blessing.set_string_custom_property("current_model", model.uri)
+        blessing.set_int_custom_property("current_model_id", model.id)
+        blessing.set_string_custom_property("blessing_message", result["message"][:2000])
+        if result.get("latency_ms"):
+            blessing.set_float_custom_property("latency_p50_ms", float(result["latency_ms"]["p50"]))
+            blessing.set_float_custom_property("latency_p99_ms", float(result["latency_ms"]["p99"]))
+        logging.info("ServingCheck: blessed=%s in %.1fs\n  %s", blessed, result["total_seconds"],
+                     "\n  ".join(reasons))
+
+
+class ServingCheck(base_component.BaseComponent):
+    """Checks the candidate SavedModel loads and serves like TF Serving 2.16 would -> InfraBlessing."""
+
+    SPEC_CLASS = ServingCheckSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(ServingCheckExecutor)
+
+    def __init__(self, model: types.BaseChannel, config: Optional[ServingCheckConfig] = None):
+        super().__init__(spec=ServingCheckSpec(
+            model=model, config=(config or ServingCheckConfig()).to_json(),
+            blessing=types.Channel(type=standard_artifacts.InfraBlessing)))
