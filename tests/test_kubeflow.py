@@ -88,9 +88,9 @@ def facts(p):
     return {
         "ids": [c.id for c in p.components],
         "edges": {c.id: sorted(u.id for u in c.upstream_nodes) for c in p.components},
-        "shape": [[c.id, type(c).__name__, type(c.executor_spec).__name__,
-                   getattr(getattr(c.executor_spec, "executor_class", None), "__name__", None),
-                   sorted(c.exec_properties)] for c in p.components],
+        "shape": [[c.id, type(c).__name__, type(getattr(c, "executor_spec", None)).__name__,
+                   getattr(getattr(c, "executor_spec", None), "executor_class", type(None)).__name__,
+                   sorted(getattr(c, "exec_properties", {}) or {})] for c in p.components],
         "name": p.pipeline_info.pipeline_name,
         "root": p.pipeline_info.pipeline_root,
         "beam": p.beam_pipeline_args,
@@ -123,22 +123,43 @@ def runner():
     return kubeflow_runner
 
 
+def _task_nodes(tasks, ids) -> dict[str, str]:
+    """Task name -> component id: the same, or `<id>-<channel>-resolver` for the tasks KFP v2 makes of a
+    Resolver node (one per output channel)."""
+    mapping = {}
+    for task in tasks:
+        owners = [i for i in ids if task == i or task.startswith(i + "-")]
+        assert owners, f"task {task} is not a node of create_pipeline(...)"
+        mapping[task] = max(owners, key=len)
+    return mapping
+
+
 def _check_spec(job: dict, facts: dict) -> None:
-    """The compiled PipelineJob holds exactly the pipeline's components, edges, image and Beam args."""
+    """The compiled PipelineJob holds exactly the pipeline's nodes, edges, image and Beam args."""
     spec = job["pipelineSpec"]
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == set(facts["ids"])
-    for cid, upstream in facts["edges"].items():
-        assert sorted(tasks[cid].get("dependentTasks", [])) == upstream, cid
+    node_of = _task_nodes(tasks, facts["ids"])
+    assert set(node_of.values()) == set(facts["ids"]), "every node of create_pipeline(...) is compiled"
+    kinds = {cid: kind for cid, kind, *_ in facts["shape"]}
+    depends = {cid: set() for cid in facts["ids"]}
+    for task, body in tasks.items():
+        depends[node_of[task]] |= {node_of[d] for d in body.get("dependentTasks", [])} - {node_of[task]}
+    assert depends == {cid: set(up) for cid, up in facts["edges"].items()}, "same dependency edges"
     executors = spec["deploymentSpec"]["executors"]
-    for cid in facts["ids"]:
-        executor = executors[spec["components"][tasks[cid]["componentRef"]["name"]]["executorLabel"]]
+    containers = 0
+    for task, body in tasks.items():
+        executor = executors[spec["components"][body["componentRef"]["name"]]["executorLabel"]]
+        if kinds[node_of[task]] in ("Resolver", "Importer"):  # run by the KFP driver, no container
+            assert set(executor) <= {"resolver", "importer"}, (task, executor)
+            continue
         container = executor["container"]
-        assert container["image"] == IMAGE, cid
-        assert container["command"] == TFX_ENTRYPOINT, cid
+        containers += 1
+        assert container["image"] == IMAGE, task
+        assert container["command"] == TFX_ENTRYPOINT, task
         args = container["args"]
-        assert args[-len(BEAM_ARGS):] == BEAM_ARGS, (cid, args)
+        assert args[-len(BEAM_ARGS):] == BEAM_ARGS, (task, args)
         assert not any("direct_running_mode" in a for a in args), "'--' args replace the default Beam args"
+    assert containers >= len(facts["ids"]) - sum(k in ("Resolver", "Importer") for k in kinds.values())
     assert job["runtimeConfig"]["gcsOutputDirectory"] == PIPELINE_ROOT
     assert spec["pipelineInfo"]["name"] == facts["name"]
     assert spec["schemaVersion"] == "2.1.0"
@@ -165,7 +186,7 @@ def _check_kfp_package(path: Path, facts: dict) -> None:
     from kfp.client import client as kfp_client
 
     doc = kfp_client._extract_pipeline_yaml(str(path))  # what create_run_from_pipeline_package sends
-    assert set(doc.pipeline_spec.root.dag.tasks) == set(facts["ids"])
+    assert set(_task_nodes(doc.pipeline_spec.root.dag.tasks, facts["ids"]).values()) == set(facts["ids"])
     assert doc.pipeline_spec.default_pipeline_root == PIPELINE_ROOT
     assert doc.pipeline_spec.schema_version == "2.1.0"
 
@@ -804,6 +825,15 @@ def test_dockerignore_keeps_code_and_drops_generated_files():
     for rel in ("pyproject.toml", "uv.lock", ".python-version", "pipeline/pipeline.py", "trainer/task.py",
                 "encoder/export.py", "data/prepare.py", "schema/items/schema.pbtxt", "serving/__init__.py"):
         assert not _ignored(rel, patterns), rel
+    # `docker build -f serving/Dockerfile .` uses the same context and .dockerignore.
+    serving = ROOT / "serving" / "Dockerfile"
+    if serving.exists() and not (ROOT / "serving" / "Dockerfile.dockerignore").exists():
+        text = re.sub(r"\\\n", " ", serving.read_text())
+        for line in text.splitlines():
+            parts = line.split()
+            if parts and parts[0].upper() == "COPY" and not any(p.startswith("--from") for p in parts):
+                for src in (p for p in parts[1:-1] if not p.startswith("--")):
+                    assert not _ignored(src.strip("./"), patterns), f"serving/Dockerfile copies ignored {src}"
 
 
 def test_locked_export_installs_without_torch():
