@@ -38,6 +38,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import shlex
 import sys
 from typing import Any, Optional, Sequence
@@ -187,6 +188,23 @@ def build(settings: Optional[KubeflowSettings] = None):
     return create_pipeline(**resolve(settings or KubeflowSettings.from_env()))
 
 
+# KFP v2 schema title of a custom artifact type (tfx/orchestration/kubeflow/v2/compiler_utils.py).
+_KFP_TYPE_NAME_RE = re.compile(r"^[a-z][a-z0-9-_]{2,20}[.][A-Z][a-zA-Z0-9-_]{2,49}$")
+
+
+def check_artifact_types(pipeline) -> None:
+    """Fails early, naming the node, when a custom artifact type cannot be compiled for KFP v2."""
+    from tfx.orchestration.kubeflow.v2 import compiler_utils
+
+    standard = getattr(compiler_utils, "_SUPPORTED_STANDARD_ARTIFACT_TYPES", ())
+    bad = sorted({f"{node.id}.outputs[{key!r}]: TYPE_NAME {channel.type.TYPE_NAME!r}"
+                  for node in pipeline.components for key, channel in node.outputs.items()
+                  if channel.type not in standard and not _KFP_TYPE_NAME_RE.fullmatch(channel.type.TYPE_NAME)})
+    if bad:
+        raise ValueError("KFP v2 needs custom artifact type names of the form '<namespace>.<TypeName>' "
+                         "(e.g. 'tower_recs.HtmlReport'); rename: " + "; ".join(bad))
+
+
 def compile_pipeline(pipeline, image: str, output: str, kfp_package: Optional[str] = None,
                      pipeline_spec_version: str = DEFAULT_SPEC_VERSION) -> dict[str, Any]:
     """Writes the PipelineJob JSON to `output` (and the KFP package YAML); returns the job dict.
@@ -197,6 +215,7 @@ def compile_pipeline(pipeline, image: str, output: str, kfp_package: Optional[st
     import yaml
     from tfx import v1 as tfx
 
+    check_artifact_types(pipeline)
     if pipeline_spec_version not in SPEC_VERSIONS:
         raise ValueError(f"pipeline_spec_version must be one of {SPEC_VERSIONS}: {pipeline_spec_version}")
     output_dir, output_filename = os.path.split(os.path.abspath(output))
