@@ -63,7 +63,7 @@ test: setup  ## Run the test suite.
 bench: bench-encoder bench-quality bench-serving  ## All benchmarks (tables + JSON in benchmarks/results/).
 
 bench-encoder: setup encoder
-	$(PY) -m benchmarks.encoder_throughput --out benchmarks/results/encoder_throughput.json
+	$(PY) -m benchmarks.encoder_throughput --model-dir $(ENCODER_DIR) --out benchmarks/results/encoder_throughput.json
 
 bench-quality: setup encoder
 	$(PY) -m benchmarks.quality --data ../shared/data/ml-latest-small --format ml-latest-small --out benchmarks/results
