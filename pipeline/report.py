@@ -300,6 +300,18 @@ def RunReport(
 
 
 # -- `--latest` ----------------------------------------------------------------------------------
+def _component_of(store, execution) -> str:
+    """The component id of an execution (its "node" context is named `<pipeline>.<component id>`)."""
+    try:
+        node_type = store.get_context_type("node")
+        for context in store.get_contexts_by_execution(execution.id):
+            if context.type_id == node_type.id:
+                return context.name.split(".", 1)[-1]
+    except Exception:  # noqa: BLE001
+        pass
+    return store.get_execution_types_by_id([execution.type_id])[0].name.rsplit(".", 1)[-1]
+
+
 def latest_status(metadata_path: str, report_dir: Optional[str] = None) -> str:
     """One line: the blessing decision of the latest run and its report, or why the run failed."""
     from ml_metadata import metadata_store
@@ -327,8 +339,7 @@ def latest_status(metadata_path: str, report_dir: Optional[str] = None) -> str:
         report_execution_id = max((e.execution_id for e in events), default=None)
     if failed and (report_execution_id is None or failed[-1].id > report_execution_id):
         run_failed = failed[-1]
-        component = run_failed.properties.get("component_id", None)
-        name = component.string_value if component is not None else str(run_failed.type)
+        name = _component_of(store, run_failed)
         message = f"Latest run FAILED at {name}: nothing was trained or pushed by it"
         if run_failed.id < last.id and last.last_known_state != metadata_store_pb2.Execution.FAILED:
             message = f"A run FAILED at {name}"

@@ -171,7 +171,7 @@ CASES = [
     (duplicated_rows, ["duplicated rows"]),
     (non_utf8, ["utf-8", "decode"]),  # CsvExampleGen itself stops on undecodable bytes
     (timestamp_out_of_range, ["column 'timestamp'", "Out-of-range"]),
-    (empty_file, ["eval"]),
+    (empty_file, ["interactions eval", "no rows"]),
 ]
 
 
@@ -198,3 +198,26 @@ def test_bad_data_is_rejected_with_a_clear_message(corrupt, expected, tiny_data,
     assert message, f"{corrupt.__name__} was not detected"
     for text in expected:
         assert text.lower() in message.lower(), message
+
+
+# -- the real pipeline -----------------------------------------------------------------------------
+def test_pipeline_stops_on_bad_data_and_keeps_the_pushed_model(tiny_encoder):
+    run = runs.good_run(tiny_encoder)
+    assert len(run["versions"]) == 1, run["versions"]
+    before = runs.snapshot(run["serving_dir"])
+    trainer_dir = os.path.join(run["output"], "pipeline_root", "tower-recs", "CatalogTrainer", "model")
+    models_before = sorted(os.listdir(trainer_dir))
+
+    bad_data = os.path.join(run["base"], "bad_data")
+    shutil.copytree(run["data"], bad_data)
+    unknown_item(bad_data)
+    proc = runs.run_pipeline(run, data_dir=bad_data)
+
+    assert proc.returncode != 0
+    log = proc.stdout + proc.stderr
+    assert "DataAnomalyError" in log and "Input data failed validation" in log, log[-3000:]
+    assert "column 'item_id'" in log and "outside the domain" in log and "i_not_in_catalogue" in log
+    # Nothing trained, nothing pushed, the served version untouched (same files, sizes, mtimes).
+    assert sorted(os.listdir(trainer_dir)) == models_before
+    assert runs.snapshot(run["serving_dir"]) == before
+    assert "FAILED at AnomalyGate" in runs.latest_line(run)

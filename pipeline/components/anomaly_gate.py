@@ -88,6 +88,8 @@ def check_examples(interactions, items, interaction_splits=("train", "eval"), it
 
     problems = []
     catalogue = _read_split(items, item_split, features.ITEM_COLUMNS)
+    if not catalogue[features.ITEM_ID]:
+        problems.append(f"items {item_split}: dataset: no rows (empty file?)")
     problems += _utf8_problems("items", item_split, catalogue)
     item_ids = [v for v in catalogue[features.ITEM_ID] if v is not None]
     counts = collections.Counter(item_ids)
@@ -99,6 +101,8 @@ def check_examples(interactions, items, interaction_splits=("train", "eval"), it
     seen_rows: dict = {}
     for split in interaction_splits:
         rows = _read_split(interactions, split, features.INTERACTION_COLUMNS)
+        if not rows[features.USER_ID]:
+            problems.append(f"interactions {split}: dataset: no rows (empty file?)")
         problems += _utf8_problems("interactions", split, rows)
         unknown = {v for v in rows[features.ITEM_ID] if v is not None and v not in known}
         if unknown:
