@@ -90,19 +90,19 @@ class RecommenderClient:
     # ------------------------------------------------------------------ gRPC
     def _grpc(self, user_ids, histories, excludes, k):
         import grpc
-        from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+        from tensorflow.core.framework import types_pb2
         from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
         if self._stub is None:
             self._channel = grpc.insecure_channel(self.target)
             self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
-        def strings(rows, shape):
-            t = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)
-            t.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in shape)
+        def strings(t, rows, shape):  # fill the request's own TensorProto: no intermediate message + copy
+            t.dtype = types_pb2.DT_STRING
+            for d in shape:
+                t.tensor_shape.dim.add().size = d
             flat = rows if len(shape) == 1 else [x for r in rows for x in r]
-            t.string_val.extend(x.encode("utf-8") for x in flat)
-            return t
+            t.string_val.extend([x.encode("utf-8") for x in flat])
 
         b = len(user_ids)
         req = predict_pb2.PredictRequest()
@@ -110,10 +110,13 @@ class RecommenderClient:
         req.model_spec.signature_name = self.signature_name
         if self.version is not None:
             req.model_spec.version.value = int(self.version)
-        req.inputs["user_id"].CopyFrom(strings(user_ids, [b]))
-        req.inputs["history"].CopyFrom(strings(histories, [b, len(histories[0]) if b else 0]))
-        req.inputs["exclude"].CopyFrom(strings(excludes, [b, len(excludes[0]) if b else 0]))
-        req.inputs["k"].CopyFrom(tensor_pb2.TensorProto(dtype=types_pb2.DT_INT32, int_val=[k]))  # scalar: no dims
+        inputs = req.inputs
+        strings(inputs["user_id"], user_ids, [b])
+        strings(inputs["history"], histories, [b, len(histories[0]) if b else 0])
+        strings(inputs["exclude"], excludes, [b, len(excludes[0]) if b else 0])
+        kt = inputs["k"]                      # scalar: no dims
+        kt.dtype = types_pb2.DT_INT32
+        kt.int_val.append(k)
         try:
             resp = self._stub.Predict(req, timeout=self.timeout_s)
         except grpc.RpcError as e:

@@ -1,7 +1,13 @@
 """A local server that speaks TF Serving's gRPC and REST APIs for one model (no tensorflow_model_server here).
 
     python -m serving.server --model_base_path outputs/serving_model/tower_recs --model_name tower_recs \
-        [--port 8500] [--rest_api_port 8501] [--host 127.0.0.1] [--poll_interval_s 2] [--max_batch_size 256]
+        [--port 8500] [--rest_api_port 8501] [--host 127.0.0.1] [--poll_interval_s 2] [--max_batch_size 256] \
+        [--enable_batching true|false] [--batching_max_batch_size 64] [--tensorflow_intra_op_parallelism 1]
+
+Speed: signatures are called through a flat, pre-bound call (``model_manager.Signature.call``), TF runs one
+thread per op (batch-1 ops are too small to split; 32 gRPC threads give the parallelism), and concurrent
+requests are merged into one signature call by ``model_manager.Batcher`` (no batch timeout: an idle model
+runs a request at once). See benchmarks/serving_latency.py.
 
 gRPC: ``tensorflow.serving.PredictionService`` (Predict, GetModelMetadata) and ``ModelService`` (GetModelStatus).
 REST: ``GET /v1/models/<name>[/versions/<v>|/labels/<l>]``, ``GET .../metadata``, ``POST ...:predict``
@@ -26,8 +32,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import grpc  # noqa: E402
 
-from serving.model_manager import (ModelManager, ServingError, ndarray_to_proto,  # noqa: E402
-                                   proto_to_ndarray)
+from serving.model_manager import (BatchingOptions, ModelManager, ServingError,  # noqa: E402
+                                   ndarray_to_proto, proto_to_ndarray)
 
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,  # noqa: E402
                                      predict_pb2, prediction_service_pb2_grpc)
@@ -74,7 +80,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         resp.model_spec.version.value = v
         resp.model_spec.signature_name = sig
         for k, arr in outputs.items():
-            resp.outputs[k].CopyFrom(ndarray_to_proto(arr))
+            ndarray_to_proto(arr, resp.outputs[k])
         return resp
 
     def GetModelMetadata(self, request, context):
@@ -201,13 +207,15 @@ def make_handler(manager: ModelManager):
 # ---------------------------------------------------------------------------------------------- main
 class Server:
     def __init__(self, manager: ModelManager, host: str = "127.0.0.1", port: int = 8500, rest_api_port: int = 8501,
-                 grpc_threads: int = 0, grpc_max_message_bytes: int = 64 << 20):
+                 grpc_threads: int = 0, grpc_max_message_bytes: int = 64 << 20, max_concurrent_rpcs: int = 0):
         self.manager = manager
-        threads = grpc_threads or min(16, 4 * (os.cpu_count() or 1))
+        # Enough threads that concurrent requests can queue in the batcher and share one signature call.
+        threads = grpc_threads or 32
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
                                 options=[("grpc.so_reuseport", 0),
                                          ("grpc.max_receive_message_length", grpc_max_message_bytes),
-                                         ("grpc.max_send_message_length", grpc_max_message_bytes)])
+                                         ("grpc.max_send_message_length", grpc_max_message_bytes)],
+                                maximum_concurrent_rpcs=max_concurrent_rpcs or None)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager), self.grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), self.grpc)
         bound = self.grpc.add_insecure_port(f"{host}:{port}")
@@ -319,6 +327,14 @@ class ServerProcess:
         self.stop()
 
 
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _labels(text: str) -> dict[str, int]:
     out = {}
     for part in filter(None, (text or "").split(",")):
@@ -339,9 +355,20 @@ def main(argv=None) -> int:
     p.add_argument("--num_versions", type=int, default=1, help="version policy latest{num_versions}")
     p.add_argument("--max_batch_size", type=int, default=256)
     p.add_argument("--version_labels", default="", help="label=version[,label=version]")
-    p.add_argument("--grpc_threads", type=int, default=0, help="gRPC worker threads (0 = 4 x cores, max 16)")
-    p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0)
-    p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0)
+    p.add_argument("--grpc_threads", type=int, default=0, help="gRPC worker threads (0 = 32)")
+    p.add_argument("--grpc_max_concurrent_rpcs", type=int, default=0,
+                   help="reject RPCs beyond this many in flight with RESOURCE_EXHAUSTED (0 = no limit)")
+    p.add_argument("--enable_batching", type=_bool, default=True, metavar="true|false",
+                   help="merge concurrent requests into one signature call (default true; see "
+                        "serving.model_manager.BatchingOptions)")
+    p.add_argument("--batching_max_batch_size", type=int, default=64, help="rows per merged signature call")
+    p.add_argument("--batching_max_concurrent", type=int, default=1,
+                   help="signature calls in flight per version when batching")
+    p.add_argument("--batching_pad_inputs", default="history,exclude",
+                   help="string inputs right-padded with '' to merge requests of different widths")
+    p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=1,
+                   help="threads inside one op (0 = TF default, all cores). 1: batch-1 ops are too small to split")
+    p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=1, help="(0 = TF default)")
     p.add_argument("--no_warmup", action="store_true", help="skip assets.extra warmup replay")
     p.add_argument("--log_level", default="INFO")
     a = p.parse_args(argv)
@@ -356,9 +383,14 @@ def main(argv=None) -> int:
 
     manager = ModelManager(a.model_name, a.model_base_path, poll_interval_s=a.poll_interval_s,
                            num_versions=a.num_versions, max_batch_size=a.max_batch_size,
-                           version_labels=_labels(a.version_labels), warmup=not a.no_warmup)
+                           version_labels=_labels(a.version_labels), warmup=not a.no_warmup,
+                           batching=BatchingOptions(
+                               enabled=a.enable_batching, max_batch_size=a.batching_max_batch_size,
+                               max_concurrent_batches=a.batching_max_concurrent,
+                               pad_inputs=tuple(filter(None, a.batching_pad_inputs.split(",")))))
     manager.start()
-    server = Server(manager, a.host, a.port, a.rest_api_port, a.grpc_threads)
+    server = Server(manager, a.host, a.port, a.rest_api_port, a.grpc_threads,
+                    max_concurrent_rpcs=a.grpc_max_concurrent_rpcs)
     server.start()
 
     done = threading.Event()

@@ -7,7 +7,8 @@ writes is the Pusher's: ``<base>/<model_name>/<version>/saved_model.pb`` plus
 Signatures (names from ``trainer.features``):
   serving_default      user_id [B] string, history [B, H] string, exclude [B, E] string, k [] int32
                        -> item_ids [B, k] string, scores [B, k] float32
-  serve_tf_examples    examples [B] string (tf.Example with user_id, history) -> item_ids, scores (k = default_k)
+  serve_tf_examples    examples [B] string (tf.Example: user_id, history = one space-separated string)
+                       -> item_ids, scores (k = default_k)
   query_embedding      user_id [B], history [B, H] -> embedding [B, D]
   candidate_embedding  item_id, title, categories, description [B] -> embedding [B, D]
 
@@ -84,10 +85,11 @@ class SyntheticRetrieval(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):
+        # As trainer/export.py: history is one space-separated string per example.
         parsed = tf.io.parse_example(examples, {
             F.USER_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
-            F.HISTORY: tf.io.VarLenFeature(tf.string)})
-        history = tf.sparse.to_dense(parsed[F.HISTORY], default_value=F.PAD)
+            F.HISTORY: tf.io.FixedLenFeature([], tf.string, default_value="")})
+        history = tf.strings.split(parsed[F.HISTORY]).to_tensor(default_value=F.PAD)
         empty = tf.zeros([tf.shape(examples)[0], 0], tf.string)
         return self._top_k(self._query(parsed[F.USER_ID], history), empty, tf.constant(self.default_k))
 

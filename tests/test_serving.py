@@ -108,13 +108,18 @@ def test_grpc_serve_tf_examples(stubs):
     pred, _ = stubs
     ex = tf.train.Example(features=tf.train.Features(feature={
         "user_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"user_3"])),
-        "history": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"item_1", b"item_9"]))}))
+        "history": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"item_1 item_9"]))}))  # as export.py
     req = predict_pb2.PredictRequest()
     req.model_spec.name = MODEL
     req.model_spec.signature_name = "serve_tf_examples"
     req.inputs["examples"].CopyFrom(tf.make_tensor_proto([ex.SerializeToString()]))
     resp = pred.Predict(req, timeout=10)
-    assert tf.make_ndarray(resp.outputs["item_ids"]).shape == (1, 10)
+    ids = tf.make_ndarray(resp.outputs["item_ids"])
+    assert ids.shape == (1, 10)
+    # same answer as serving_default with that history (the history is used, not silently dropped)
+    same = pred.Predict(make_request(user_ids=("user_3",), history=(("item_1", "item_9"),), exclude=((),), k=10),
+                        timeout=10)
+    assert ids.tolist() == tf.make_ndarray(same.outputs["item_ids"]).tolist()
 
 
 def test_grpc_metadata_and_status(stubs):
@@ -391,3 +396,70 @@ def test_tf_serving_configs_parse():
                  "--monitoring_config_file=/config/monitoring.config", "--rest_api_port=8501", "docker build",
                  "docker run"):
         assert flag in docker, flag
+
+
+# ------------------------------------------------------------------------------------------------ batching (in-process)
+def test_batcher_merges_concurrent_requests_and_matches_unbatched(tmp_path):
+    """Requests arriving while a signature call runs are merged into one call (padding history/exclude with "");
+    each gets exactly what it would get alone. A request whose k is different goes in its own call."""
+    from serving.model_manager import BatchingOptions, ModelManager, proto_to_ndarray
+
+    base = str(tmp_path / MODEL)
+    build_synthetic_model(base, 1, num_items=50, seed=0, warmup=0)
+    plain = ModelManager(MODEL, base, batching=BatchingOptions(enabled=False))
+    batched = ModelManager(MODEL, base, batching=BatchingOptions(max_batch_size=64))
+    plain.poll_once()
+    batched.poll_once()
+    servable = batched.acquire(MODEL)
+    servable.release()
+    sig = servable.signatures["serving_default"]
+    fast_call, gate = sig.call, threading.Event()
+
+    def slow_first_call(tensors):  # hold the first call until every other request is queued
+        gate.wait(10)
+        return fast_call(tensors)
+    sig.call = slow_first_call
+
+    histories = [["item_1"], ["item_2", "item_3"], [], ["item_4", "", "item_5"], ["nope"], ["item_6"], ["item_7"]]
+    excludes = [[], ["item_9"], ["item_10", "item_11"], [], ["item_0"], [], []]
+    requests = [{"user_id": np.array([f"user_{i}".encode()], object),
+                 "history": np.array([[h.encode() for h in hist]], object).reshape(1, len(hist)),
+                 "exclude": np.array([[e.encode() for e in ex]], object).reshape(1, len(ex)),
+                 "k": np.array(3 if i == 6 else 5, np.int32)} for i, (hist, ex) in enumerate(zip(histories, excludes))]
+    results, errors = [None] * len(requests), []
+
+    def call(i):
+        try:
+            results[i] = batched.predict(MODEL, requests[i])[2]
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+    threads = [threading.Thread(target=call, args=(0,))]
+    threads[0].start()
+    time.sleep(0.3)                                   # request 0 is running (held by the gate)
+    threads += [threading.Thread(target=call, args=(i,)) for i in range(1, len(requests))]
+    for t in threads[1:]:
+        t.start()
+    time.sleep(0.5)                                   # the rest are queued
+    sig.call = fast_call
+    gate.set()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert servable.batcher.calls == 3                # [0], [1..5 merged], [6] (k=3)
+    for req, got in zip(requests, results):
+        want = plain.predict(MODEL, req)[2]
+        assert got["item_ids"].tolist() == want["item_ids"].tolist()
+        np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-5)
+        assert got["item_ids"].shape == (1, int(req["k"]))
+    # a request that fails inside the model fails alone, also when merged
+    with pytest.raises(Exception) as err:
+        batched.predict(MODEL, dict(requests[0], k=np.array(1000, np.int32)))
+    assert "k must be <=" in str(err.value)
+    # proto fast path: tensor_content, *_val lists and the one-value shorthand
+    assert proto_to_ndarray(tf.make_tensor_proto(np.arange(6, dtype=np.int64).reshape(2, 3))).tolist() == \
+        [[0, 1, 2], [3, 4, 5]]
+    assert proto_to_ndarray(tf.make_tensor_proto(7, dtype=tf.int32)).shape == ()
+    short = tf.make_tensor_proto(1.5, dtype=tf.float32, shape=[2, 2])
+    np.testing.assert_array_equal(proto_to_ndarray(short), tf.make_ndarray(short))
+    plain.stop()
+    batched.stop()
