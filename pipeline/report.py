@@ -35,7 +35,7 @@ LATEST_JSON = "latest.json"
 
 class HtmlReport(tfx_types.Artifact):
     """A run's HTML report (report.html, summary.json and the PNG plots)."""
-    TYPE_NAME = "HtmlReport"
+    TYPE_NAME = "tower_recs.HtmlReport"  # KFP v2 needs <namespace>.<TypeName>
 
 
 # -- reading artifacts ---------------------------------------------------------------------------
