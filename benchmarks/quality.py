@@ -165,8 +165,12 @@ def text_embeddings(texts: list[str], cfg: ModelConfig, cache_dir: str) -> np.nd
     if os.path.exists(path):
         log(f"text embeddings: cached {path}")
         return np.load(path)
+    import logging
+
     from encoder.text_embedding import encode_texts
 
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("encoder.text_embedding").setLevel(logging.INFO)  # progress every 50 batches
     log(f"encoding {len(texts)} item texts with {cfg.encoder_handle} ...")
     start = time.time()
     vectors = encode_texts(cfg.preprocess_handle, cfg.encoder_handle, texts, output_key=cfg.encoder_output_key)
@@ -178,8 +182,10 @@ def text_embeddings(texts: list[str], cfg: ModelConfig, cache_dir: str) -> np.nd
 
 # -- models --------------------------------------------------------------------------------------
 def popularity_scores(train: pd.DataFrame, users: Sequence[str], column: dict[str, int], n: int) -> np.ndarray:
-    matrix = interaction_matrix(np.zeros(len(train), np.int64), [column[i] for i in train[features.ITEM_ID]], 1, n)
-    return MostPopular().fit(matrix).scores(np.zeros(len(users)))
+    matrix, _, active = _user_matrix(train, users, column, n)
+    scores = np.zeros([len(users), n], np.float32)
+    scores[:, active] = MostPopular().fit(matrix).scores(np.zeros(len(users)))
+    return scores
 
 
 def _user_matrix(train: pd.DataFrame, users: Sequence[str], column: dict[str, int], n: int):

@@ -111,12 +111,13 @@ class TwoTowerModel(tfrs.Model):
             drop = tf.random.uniform(tf.shape(user_index)) < self.cfg.user_id_dropout
             user_index = tf.where(drop, tf.cast(self.num_users, tf.int64), user_index)
         history_index = tf.cast(history_index, tf.int64)
-        weights = self.history_weights(history_index)[..., None]                   # [B, H, 1]
+        weights = self.history_weights(history_index)[:, None, :]                  # [B, 1, H]
         safe_index = tf.maximum(history_index, 0)
-        id_mean = tf.reduce_sum(self._id_part(safe_index) * weights, axis=1)
-        text_mean = tf.reduce_sum(self.item_text_embedding(safe_index) * weights, axis=1)
+        # Weighted sums as batched matmuls: no [B, H, D] product tensor in the forward or backward pass.
+        id_mean = tf.squeeze(tf.matmul(weights, self._id_part(safe_index)), axis=1)
+        text_mean = tf.squeeze(tf.matmul(weights, self.item_text_embedding(safe_index)), axis=1)
         # Dense is affine: mean(W t_i + b) = W mean(t_i) + b, and zero for an empty history.
-        has_history = tf.reduce_sum(weights, axis=1)
+        has_history = tf.reduce_sum(weights, axis=2)
         text_part = tf.cast(self.text_projection(text_mean), tf.float32) * has_history
         vectors = self.query_mlp(tf.concat([self.user_embedding(user_index), id_mean, text_part], axis=-1))
         return tf.math.l2_normalize(tf.cast(vectors, tf.float32), axis=-1)

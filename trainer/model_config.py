@@ -27,7 +27,7 @@ class ModelConfig:
     recency_weighting: bool = True
 
     # Loss: in-batch softmax over L2-normalised embeddings.
-    temperature: float = 0.05
+    temperature: float = 0.1
     remove_accidental_hits: bool = True
     logq_correction: bool = True     # subtract log(sampling probability) of in-batch negatives
     # Probability of hiding an item's id embedding in training, so its text must carry it (cold start).
@@ -39,12 +39,14 @@ class ModelConfig:
     batch_size: int = 1024
     learning_rate: float = 0.005
     lr_schedule: str = "constant"    # "constant" or "cosine" (decays to 0 over the whole run)
-    epochs: int = 5
+    epochs: int = 6
     seed: int = 42
 
-    # Speed: XLA-compile the train step; run several steps per call into the TF runtime.
-    jit_compile: bool = True
-    steps_per_execution: int = 8
+    # Speed. XLA (`jit_compile`) is for GPUs: on CPU its gathers/scatters made a step ~8x slower
+    # (720 vs 89 ms at batch 1024, benchmarks/results/training_throughput.md). Steps per call into the
+    # TF runtime: >1 saves Python overhead on fast devices.
+    jit_compile: bool = False
+    steps_per_execution: int = 1
     # bfloat16 compute in the towers (GPU); embeddings, normalisation and dot products stay float32.
     mixed_precision: bool = False
 

@@ -1,0 +1,163 @@
+"""Training throughput of the two-tower model with the frozen encoder (examples/s after the first epoch).
+
+    python -m benchmarks.training_throughput --out benchmarks/results
+
+The BERT encoder is frozen, so its cost is one pass over the catalogue texts before training
+(`benchmarks/encoder_throughput.py` measures that); training reads a fixed [items, 384] text table.
+The data is synthetic with the shape of ml-latest-small's train split (80k interactions, 610 users,
+9.7k items, Zipf popularity, 20-item histories); the table is random (same cost as real vectors).
+
+Same-run baseline: the TFRS "basic retrieval" tutorial model (user id embedding . item id
+embedding, `tfrs.tasks.Retrieval`, no metrics, Adagrad, `from_tensor_slices().shuffle().batch()`),
+trained on the same examples and batch size in the same process.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from trainer import features  # noqa: E402
+from trainer.model_config import ModelConfig  # noqa: E402
+
+
+def load_average() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def synthetic_data(n_examples: int = 80_000, n_users: int = 610, n_items: int = 9_742, text_dim: int = 384,
+                   seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    popularity = 1.0 / np.arange(1, n_items + 1)
+    popularity /= popularity.sum()
+    items = rng.choice(n_items, size=n_examples, p=popularity)
+    history = rng.choice(n_items, size=(n_examples, features.HISTORY_LENGTH), p=popularity)
+    lengths = rng.integers(0, features.HISTORY_LENGTH + 1, size=n_examples)
+    history[np.arange(features.HISTORY_LENGTH)[None, :] >= lengths[:, None]] = -1
+    train = {features.USER_INDEX: rng.integers(0, n_users, n_examples).astype(np.int64),
+             features.ITEM_INDEX: items.astype(np.int64), features.HISTORY_INDEX: history.astype(np.int64)}
+    table = np.vstack([rng.normal(size=[n_items, text_dim]), np.zeros([1, text_dim])]).astype(np.float32)
+    return train, table
+
+
+class EpochTimer(tf.keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def measure_two_tower(cfg: ModelConfig, train: dict[str, np.ndarray], text_table: np.ndarray,
+                      num_users: int, epochs: int = 3) -> dict:
+    """Trains `epochs` epochs with `trainer.task.train_model`; examples/s over the epochs after the first."""
+    from trainer.task import train_model
+
+    cfg = dataclasses.replace(cfg, epochs=epochs)
+    timer = EpochTimer()
+    start = time.perf_counter()
+    train_model(cfg, train, num_users, text_table.shape[0] - 1, text_table, verbose=0, callbacks=[timer])
+    total = time.perf_counter() - start
+    examples = (len(train[features.ITEM_INDEX]) // cfg.batch_size) * cfg.batch_size
+    steady = timer.seconds[1:] or timer.seconds
+    return {"examples_per_s": examples / float(np.median(steady)), "first_epoch_s": timer.seconds[0],
+            "steady_epoch_s": float(np.median(steady)), "total_s": total,
+            "ms_per_step": 1000 * float(np.median(steady)) / max(examples // cfg.batch_size, 1),
+            "load_avg": load_average()}
+
+
+def measure_tfrs_basic(train: dict[str, np.ndarray], num_users: int, num_items: int, batch_size: int,
+                       epochs: int = 3, dim: int = 64) -> dict:
+    """The TFRS basic-retrieval tutorial model (ID-only, tutorial-style input pipeline)."""
+    import tensorflow_recommenders as tfrs
+
+    class Basic(tfrs.Model):
+        def __init__(self):
+            super().__init__()
+            self.user = tf.keras.layers.Embedding(num_users + 1, dim)
+            self.item = tf.keras.layers.Embedding(num_items + 1, dim)
+            self.task = tfrs.tasks.Retrieval()
+
+        def compute_loss(self, inputs, training=False):
+            return self.task(self.user(inputs[features.USER_INDEX]), self.item(inputs[features.ITEM_INDEX]),
+                             compute_metrics=False)
+
+    tf.keras.utils.set_random_seed(0)
+    model = Basic()
+    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
+    n = len(train[features.ITEM_INDEX])
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {features.USER_INDEX: train[features.USER_INDEX], features.ITEM_INDEX: train[features.ITEM_INDEX]})
+    dataset = dataset.shuffle(n, seed=0, reshuffle_each_iteration=True).batch(batch_size).cache()
+    timer = EpochTimer()
+    model.fit(dataset, epochs=epochs, verbose=0, callbacks=[timer])
+    steady = timer.seconds[1:] or timer.seconds
+    return {"examples_per_s": n / float(np.median(steady)), "first_epoch_s": timer.seconds[0],
+            "steady_epoch_s": float(np.median(steady)), "load_avg": load_average()}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.training_throughput", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--examples", type=int, default=80_000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--variants", action="store_true",
+                        help="also measure without XLA / steps_per_execution and with other batch sizes")
+    args = parser.parse_args(argv)
+
+    base = ModelConfig()
+    train, table = synthetic_data(args.examples)
+    num_users, num_items = 610, table.shape[0] - 1
+    print(f"devices: {[d.name for d in tf.config.list_logical_devices()]}, load {load_average():.1f}", flush=True)
+    runs: dict[str, dict] = {}
+    variants = {"default": base}
+    if args.variants:
+        variants.update({
+            "no_xla": dataclasses.replace(base, jit_compile=False),
+            "no_xla_spe1": dataclasses.replace(base, jit_compile=False, steps_per_execution=1),
+            "batch_4096": dataclasses.replace(base, batch_size=4096),
+        })
+    runs["tfrs_basic_id_only"] = measure_tfrs_basic(train, num_users, num_items, base.batch_size, args.epochs)
+    print(f"tfrs_basic_id_only: {runs['tfrs_basic_id_only']}", flush=True)
+    for name, cfg in variants.items():
+        runs[name] = measure_two_tower(cfg, train, table, num_users, args.epochs)
+        print(f"{name}: {runs[name]}", flush=True)
+
+    baseline = runs["tfrs_basic_id_only"]["examples_per_s"]
+    rows = ["| run | batch | XLA | steps/exec | examples/s | ratio vs TFRS basic | first epoch s | load avg |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, r in runs.items():
+        cfg = variants.get(name)
+        rows.append(f"| {name} | {cfg.batch_size if cfg else base.batch_size} | {cfg.jit_compile if cfg else '-'} | "
+                    f"{cfg.steps_per_execution if cfg else 1} | {r['examples_per_s']:,.0f} | "
+                    f"{r['examples_per_s'] / baseline:.2f} | {r['first_epoch_s']:.1f} | {r['load_avg']:.1f} |")
+    cpus = os.cpu_count()
+    markdown = (f"Two-tower training throughput, frozen encoder (text table {table.shape}), "
+                f"{args.examples:,} synthetic examples, {cpus} CPUs, "
+                f"`python -m benchmarks.training_throughput {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
+                + "\n".join(rows) + "\n\nTarget: >= 25,000 examples/s on 2 CPU cores (default config).\n")
+    print(markdown)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "training_throughput.md"), "w") as f:
+        f.write(markdown)
+    with open(os.path.join(args.out, "training_throughput.json"), "w") as f:
+        json.dump({"runs": runs, "config": base.to_dict(), "examples": args.examples, "cpus": cpus,
+                   "devices": [d.name for d in tf.config.list_logical_devices()]}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The quality benchmark: baselines on hand-made cases, its splits' leakage, and a tiny end-to-end run."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks import quality
+from benchmarks.baselines import EASE, MostPopular, interaction_matrix
+from trainer import features
+
+
+def test_most_popular_counts_each_user_once():
+    X = interaction_matrix([0, 0, 1, 2, 2, 2], [1, 1, 1, 0, 1, 2], num_users=3, num_items=4)
+    scores = MostPopular().fit(X).scores(np.arange(2))
+    np.testing.assert_array_equal(scores, [[1, 3, 1, 0]] * 2)
+
+
+def test_ease_matches_closed_form_and_recommends_co_occurring_items():
+    # Items 0 and 1 always come together; item 2 goes with 3.
+    X = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 1, 0]], np.float32)
+    lam = 0.5
+    model = EASE(lam).fit(X)
+    P = np.linalg.inv(X.T @ X + lam * np.eye(4))
+    expected = np.eye(4) - P / np.diag(P)[None, :]
+    np.testing.assert_allclose(model.B, expected, atol=1e-5)
+    assert np.all(np.diag(model.B) == 0)
+    # A new user with only item 0 gets item 1 first; one with item 3 gets item 2 first.
+    scores = np.array([[1, 0, 0, 0], [0, 0, 0, 1]], np.float32) @ model.B
+    assert scores[0].argmax() == 1 and scores[1].argmax() == 2
+
+
+def test_tft_vocabulary_order():
+    ids = pd.Series(["b", "a", "c", "a", "c", "d"])
+    # Frequency desc; ties by id desc (c before a; d before b).
+    assert quality.tft_vocabulary(ids) == ["c", "a", "d", "b"]
+
+
+def test_benchmark_splits_do_not_leak(tiny_data):
+    interactions, items = quality.load_data(tiny_data, "contract")
+    splits = quality.make_splits(interactions, items, cold_fraction=0.1, seed=0)
+    cold = set(splits.cold_items)
+    assert cold and not cold & set(splits.cold_train[features.ITEM_ID])
+    assert len(splits.train) + len(splits.test) == len(interactions)
+    # No test interaction is earlier than any of the same user's train interactions.
+    last_train = splits.train.groupby(features.USER_ID)[features.TIMESTAMP].max()
+    first_test = splits.test.groupby(features.USER_ID)[features.TIMESTAMP].min()
+    assert (first_test >= last_train.reindex(first_test.index)).all()
+    # Same for the validation split inside train.
+    last_fit = splits.fit.groupby(features.USER_ID)[features.TIMESTAMP].max()
+    first_val = splits.validation.groupby(features.USER_ID)[features.TIMESTAMP].min()
+    assert (first_val >= last_fit.reindex(first_val.index)).all()
+    assert set(map(tuple, splits.validation.to_numpy())) <= set(map(tuple, splits.train.to_numpy()))
+    # Queries: history = last train items only; exclusions = the user's train items.
+    column = {i: n for n, i in enumerate(items[features.ITEM_ID])}
+    queries = quality.make_queries(splits.cold_train, splits.test, column, {"all": lambda d: d},
+                                   exclude_from=splits.train)
+    for user, history in zip(queries.users, queries.history):
+        assert not set(history) & cold
+        assert set(history) <= set(splits.train[splits.train[features.USER_ID] == user][features.ITEM_ID])
+
+
+def test_quick_benchmark_end_to_end(tiny_data, tiny_encoder, tmp_path):
+    preprocess, encoder = tiny_encoder
+    out = str(tmp_path / "results")
+    quality.main(["--data", tiny_data, "--format", "contract", "--out", out, "--quick",
+                  "--preprocess", preprocess, "--encoder", encoder])
+    for name in ("quality.md", "quality.json", "quality_recall.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    report = json.load(open(os.path.join(out, "quality.json")))
+    for slice_name in ("all", "cold", "warm"):
+        assert set(report["results"][slice_name]) == set(quality.MODELS)
+        for result in report["results"][slice_name].values():
+            assert len(result["curve"]) == quality.CURVE_K
+            assert 0.0 <= result["recall@10"] <= result["recall@50"] <= result["recall@100"] <= 1.0
+    table = open(os.path.join(out, "quality.md")).read()
+    assert all(model in table for model in quality.MODELS)
+    # ID-only models cannot place items they never saw in training: below the BERT model on the cold slice.
+    cold = report["results"]["cold"]
+    assert cold["TwoTower-ID"]["users"] > 0
+    assert any(name.startswith("text_embeddings_") for name in os.listdir(out))   # cached for reruns
