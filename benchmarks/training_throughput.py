@@ -123,7 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     num_users, num_items = 610, table.shape[0] - 1
     print(f"devices: {[d.name for d in tf.config.list_logical_devices()]}, load {load_average():.1f}", flush=True)
     runs: dict[str, dict] = {}
-    variants = {"default": base}
+    variants = {"default": base, "text_pca_64": dataclasses.replace(base, text_pca_dim=64)}
     if args.variants:
         variants.update({
             "no_xla": dataclasses.replace(base, jit_compile=False),

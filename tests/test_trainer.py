@@ -118,3 +118,15 @@ def test_training_learns_user_item_affinity():
     scores = q @ c.T
     assert scores[0, :4].mean() > scores[0, 4:].mean() + 0.2
     assert scores[1, 4:].mean() > scores[1, :4].mean() + 0.2
+
+
+def test_text_pca_keeps_raw_and_table_text_paths_consistent():
+    cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=4, text_pca_dim=3)
+    rng = np.random.default_rng(0)
+    raw = np.vstack([rng.normal(size=[8, 6]), np.zeros([1, 6])]).astype(np.float32)
+    model = TwoTowerModel(cfg, 5, 8, raw, item_counts=np.arange(1, 9))
+    assert tuple(model.text_table.shape) == (9, 3)
+    # The serving path (raw encoder output) and the training path (reduced table row) agree.
+    from_raw = model.candidate_embedding(tf.constant([2, 8]), tf.constant(raw[[2, 8]])).numpy()
+    from_table = model.candidate_embedding(tf.constant([2, 8]), model.item_text_embedding(tf.constant([2, 8]))).numpy()
+    np.testing.assert_allclose(from_raw, from_table, atol=1e-5)

@@ -51,8 +51,18 @@ class TwoTowerModel(tfrs.Model):
         self.num_items = num_items     # index num_items is the OOV (unknown/cold item) id
         self.user_embedding = tf.keras.layers.Embedding(num_users + 1, cfg.id_embedding_dim, name="user_id")
         self.item_embedding = tf.keras.layers.Embedding(num_items + 1, cfg.id_embedding_dim, name="item_id")
-        # Frozen BERT embeddings of each item's text; the OOV row is zeros.
-        self.text_table = tf.Variable(text_table.astype(np.float32), trainable=False, name="text_table")
+        # Frozen BERT embeddings of each item's text; the OOV row is zeros. With `text_pca_dim` the table
+        # is kept as its top principal directions (`text_basis`, frozen, also applied to new items' text).
+        text_table = np.asarray(text_table, np.float32)
+        self.text_basis = None
+        if 0 < cfg.text_pca_dim < text_table.shape[1]:
+            rows = text_table[np.abs(text_table).sum(axis=1) > 0]
+            _, _, vt = np.linalg.svd(rows if len(rows) else text_table, full_matrices=False)
+            basis = np.zeros([text_table.shape[1], cfg.text_pca_dim], np.float32)
+            basis[:, :min(cfg.text_pca_dim, vt.shape[0])] = vt[:cfg.text_pca_dim].T
+            self.text_basis = tf.Variable(basis, trainable=False, name="text_basis")
+            text_table = text_table @ basis
+        self.text_table = tf.Variable(text_table, trainable=False, name="text_table")
         self.text_projection = tf.keras.layers.Dense(cfg.id_embedding_dim, name="text_projection",
                                                      dtype=compute_policy(cfg))
         # One logit per recency rank (0 = most recent); all zeros = plain mean.
@@ -77,6 +87,8 @@ class TwoTowerModel(tfrs.Model):
                             training: bool = False) -> tf.Tensor:
         """Unit vectors [B, embedding_dim] (float32) for items given their index and BERT text embedding."""
         item_index = tf.cast(item_index, tf.int64)
+        if self.text_basis is not None and text_embedding.shape[-1] != self.text_basis.shape[1]:
+            text_embedding = tf.matmul(tf.cast(text_embedding, tf.float32), self.text_basis)
         projected = tf.cast(self.text_projection(text_embedding), tf.float32)
         vectors = self.candidate_mlp(tf.concat([self._id_part(item_index, training), projected], axis=-1))
         return tf.math.l2_normalize(tf.cast(vectors, tf.float32), axis=-1)
