@@ -51,13 +51,13 @@ run: setup encoder $(if $(filter data/sample,$(DATA)),sample)  ## Run the pipeli
 	else \
 	  $(TFX) pipeline create --engine local --pipeline_path pipeline/local_runner.py; fi
 	$(TFX) run create --engine local --pipeline_name $(PIPELINE_NAME)
-	$(PY) -m pipeline.show_recommendations $(if $(SAMPLE_USER),--user $(SAMPLE_USER))
 	$(PY) -m pipeline.report --latest
+	$(PY) -m pipeline.show_recommendations $(if $(SAMPLE_USER),--user $(SAMPLE_USER))
 
 run-python: setup encoder $(if $(filter data/sample,$(DATA)),sample)  ## Same pipeline without the tfx CLI.
 	$(PY) -m pipeline.local_runner
-	$(PY) -m pipeline.show_recommendations
 	$(PY) -m pipeline.report --latest
+	$(PY) -m pipeline.show_recommendations
 
 test: setup  ## Run the test suite.
 	$(PY) -m pytest -ra
