@@ -12,7 +12,6 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_hub as hub  # noqa: E402
 import tensorflow_text as text  # noqa: E402
-from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 
 from encoder import export  # noqa: E402
 from encoder.text_embedding import encode_texts, preprocessor_seq_length  # noqa: E402
@@ -21,19 +20,8 @@ GOLDEN_PATH = os.path.join(os.path.dirname(__file__), "fixtures", "minilm_golden
 ATOL = 1e-4
 MIN_COSINE = 0.99999
 
-# TF Text ops that TF Serving 2.16 (which bundles TF Text 2.12.1) can run. Each name below is
-# registered by TF Text 2.12 (the first four since TF Text 2.0; output_row_partition_type of
-# WordpieceTokenizeWithOffsets since 2.5). Anything else must be checked against TF Text 2.12
-# before being added here.
-TF_TEXT_2_12_OPS = frozenset({
-    "CaseFoldUTF8",
-    "NormalizeUTF8",
-    "RegexSplitWithOffsets",
-    "WordpieceTokenizeWithOffsets",
-    "WhitespaceTokenizeWithOffsets",
-    "UnicodeScriptTokenizeWithOffsets",
-    "TFText>FastWordpieceTokenizeWithOffsets",
-})
+# The allow-list and the op walk are the ones the pipeline's ServingCheck gate uses.
+from pipeline.components.serving_ops import TF_TEXT_2_12_OPS, graph_op_names as _graph_ops  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -207,19 +195,6 @@ def test_fresh_process_tensorflow_and_text_only(minilm_modules, golden, tmp_path
         assert result["ids"][i][:n] == case["input_ids"]
         _assert_close(result["pooled"][i], case["pooler_output"], "pooled_output")
         _assert_close(result["sig_sentence"][i], case["mean_pooled"], "sentence_embedding")
-
-
-def _graph_ops(saved_model_dir):
-    proto = saved_model_pb2.SavedModel()
-    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
-        proto.ParseFromString(f.read())
-    ops, functions = set(), set()
-    for meta_graph in proto.meta_graphs:
-        ops |= {node.op for node in meta_graph.graph_def.node}
-        for fn in meta_graph.graph_def.library.function:
-            functions.add(fn.signature.name)
-            ops |= {node.op for node in fn.node_def}
-    return ops - functions  # a node may call a library function by name
 
 
 def test_ops_are_in_tf_core_2_16_plus_tf_text_2_12(minilm_modules):

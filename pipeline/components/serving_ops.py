@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # Each name is registered by TF Text 2.12 (the first four since TF Text 2.0;
 # output_row_partition_type of WordpieceTokenizeWithOffsets since 2.5). Anything else must be
-# checked against TF Text 2.12 before being added (same list as tests/test_encoder.py).
+# checked against TF Text 2.12 before being added.
 TF_TEXT_2_12_OPS = frozenset({
     "CaseFoldUTF8",
     "NormalizeUTF8",
