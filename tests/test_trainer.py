@@ -130,3 +130,26 @@ def test_text_pca_keeps_raw_and_table_text_paths_consistent():
     from_raw = model.candidate_embedding(tf.constant([2, 8]), tf.constant(raw[[2, 8]])).numpy()
     from_table = model.candidate_embedding(tf.constant([2, 8]), model.item_text_embedding(tf.constant([2, 8]))).numpy()
     np.testing.assert_allclose(from_raw, from_table, atol=1e-5)
+
+
+def _encoder_training_run(tiny_encoder, train_encoder: bool):
+    from trainer.item_text import ItemTextEncoder
+    from trainer.task import train_model
+
+    cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=8, epochs=1,
+                      train_encoder=train_encoder, text_seq_length=16, learning_rate=0.05)
+    encoder = ItemTextEncoder(*tiny_encoder, seq_length=16, trainable=train_encoder)
+    texts = ["space galaxy voyage", "cowboy stagecoach", "love wedding", "haunted scream", ""]
+    table = encoder(tf.constant(texts)).numpy()
+    before = [v.numpy().copy() for v in encoder.encoder.weights]
+    rng = np.random.default_rng(3)
+    train = {features.USER_INDEX: rng.integers(0, 3, 32), features.ITEM_INDEX: rng.integers(0, 4, 32),
+             features.HISTORY_INDEX: -np.ones([32, features.HISTORY_LENGTH], np.int64)}
+    train_model(cfg, train, num_users=3, num_items=4, text_table=table, steps=3, verbose=0,
+                text_encoder=encoder, item_texts=texts)
+    return max(float(np.abs(a - b.numpy()).max()) for a, b in zip(before, encoder.encoder.weights))
+
+
+def test_encoder_is_frozen_by_default_and_fine_tuned_on_request(tiny_encoder):
+    assert _encoder_training_run(tiny_encoder, train_encoder=False) == 0.0
+    assert _encoder_training_run(tiny_encoder, train_encoder=True) > 0.0

@@ -20,6 +20,8 @@ once per query: a step costs O(batch), never O(catalogue).
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -44,9 +46,18 @@ class TwoTowerModel(tfrs.Model):
     """Retrieval model over index features (`user_index`, `item_index`, `history_index`)."""
 
     def __init__(self, cfg: ModelConfig, num_users: int, num_items: int, text_table: np.ndarray,
-                 item_counts: np.ndarray):
+                 item_counts: np.ndarray, text_encoder: Optional[tf.keras.layers.Layer] = None,
+                 item_texts: Optional[Sequence[str]] = None):
         super().__init__()
         self.cfg = cfg
+        # Fine-tuning (cfg.train_encoder): the candidate side runs the trainable BERT on each batch's item
+        # texts (`item_texts`, vocabulary order + "" for OOV); the history side keeps the frozen table, since
+        # running BERT on B x HISTORY_LENGTH texts per step would cost 20x more.
+        self.text_encoder = text_encoder if cfg.train_encoder else None
+        if self.text_encoder is not None:
+            if item_texts is None or len(item_texts) != num_items + 1:
+                raise ValueError("train_encoder needs item_texts: one text per item index, OOV ('') last")
+            self.item_texts = tf.constant(list(item_texts), tf.string)
         self.num_users = num_users     # index num_users is the OOV (unknown user) id
         self.num_items = num_items     # index num_items is the OOV (unknown/cold item) id
         self.user_embedding = tf.keras.layers.Embedding(num_users + 1, cfg.id_embedding_dim, name="user_id")
@@ -158,7 +169,12 @@ class TwoTowerModel(tfrs.Model):
         item_index = tf.cast(tf.reshape(inputs[features.ITEM_INDEX], [-1]), tf.int64)
         query = self.query_embedding(tf.reshape(inputs[features.USER_INDEX], [-1]),
                                      inputs[features.HISTORY_INDEX], training=training)
-        candidate = self.candidate_embedding(item_index, self.item_text_embedding(item_index), training)
+        if self.text_encoder is not None:
+            texts = tf.gather(self.item_texts, tf.minimum(item_index, self.num_items))
+            text_embedding = self.text_encoder(texts, training=training)
+        else:
+            text_embedding = self.item_text_embedding(item_index)
+        candidate = self.candidate_embedding(item_index, text_embedding, training)
         return self.in_batch_softmax_loss(query, candidate, item_index)
 
     @tf.autograph.experimental.do_not_convert

@@ -115,11 +115,12 @@ def get_strategy() -> tf.distribute.Strategy:
 
 
 def build_model(cfg: ModelConfig, train: dict[str, np.ndarray], num_users: int, num_items: int,
-                text_table: np.ndarray, total_steps: int = 0) -> TwoTowerModel:
+                text_table: np.ndarray, total_steps: int = 0, text_encoder=None,
+                item_texts: Optional[list[str]] = None) -> TwoTowerModel:
     """The compiled (untrained) model; call inside `strategy.scope()`."""
     item_counts = np.bincount(train[features.ITEM_INDEX], minlength=num_items + 1)[:num_items]
     model = TwoTowerModel(cfg, num_users=num_users, num_items=num_items, text_table=text_table,
-                          item_counts=item_counts)
+                          item_counts=item_counts, text_encoder=text_encoder, item_texts=item_texts)
     learning_rate = cfg.learning_rate
     if cfg.lr_schedule == "cosine" and total_steps > 0:
         learning_rate = tf.keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total_steps)
@@ -133,7 +134,8 @@ def build_model(cfg: ModelConfig, train: dict[str, np.ndarray], num_users: int, 
 def train_model(cfg: ModelConfig, train: dict[str, np.ndarray], num_users: int, num_items: int,
                 text_table: np.ndarray, steps: int = 0, log_dir: Optional[str] = None,
                 validation: Optional[dict[str, np.ndarray]] = None, verbose: int = 2,
-                callbacks: Optional[list] = None) -> TwoTowerModel:
+                callbacks: Optional[list] = None, text_encoder=None,
+                item_texts: Optional[list[str]] = None) -> TwoTowerModel:
     """Builds and fits the two-tower model; `steps=0` trains `cfg.epochs` epochs.
 
     Runs under `get_strategy()` (all GPUs mirrored when there are several; the same code on CPU).
@@ -148,7 +150,8 @@ def train_model(cfg: ModelConfig, train: dict[str, np.ndarray], num_users: int, 
         epochs, steps_per_epoch = cfg.epochs, batches_per_epoch
     strategy = get_strategy()
     with strategy.scope():
-        model = build_model(cfg, train, num_users, num_items, text_table, total_steps=epochs * steps_per_epoch)
+        model = build_model(cfg, train, num_users, num_items, text_table, total_steps=epochs * steps_per_epoch,
+                            text_encoder=text_encoder, item_texts=item_texts)
     callbacks = list(callbacks or [])
     if log_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
@@ -188,20 +191,28 @@ def run_fn(fn_args) -> None:
     catalogue = read_catalogue(fn_args.custom_config["item_files"])
     catalogue_ids = _decode(catalogue[features.ITEM_ID])
     logging.info("Embedding %d catalogue item texts with %s", len(catalogue_ids), cfg.encoder_handle)
-    text_vectors = embed_catalogue(cfg.preprocess_handle, cfg.encoder_handle, catalogue_texts(catalogue),
+    texts = dict(zip(catalogue_ids, catalogue_texts(catalogue)))
+    text_vectors = embed_catalogue(cfg.preprocess_handle, cfg.encoder_handle, list(texts.values()),
                                    output_key=cfg.encoder_output_key)
     text_table = build_text_table(item_vocab, catalogue_ids, text_vectors)
+    # The same Hub layers serve `candidate_embedding`; with train_encoder they are also fine-tuned.
+    text_encoder = ItemTextEncoder(cfg.preprocess_handle, cfg.encoder_handle, seq_length=cfg.text_seq_length,
+                                   output_key=cfg.encoder_output_key, trainable=cfg.train_encoder)
+    item_texts = [texts.get(item_id, "") for item_id in item_vocab] + [""]
 
     train = load_index_features(fn_args, tft_output, fn_args.train_files)
     evaluation = load_index_features(fn_args, tft_output, fn_args.eval_files)
     logging.info("Training on %d interactions, %d users, %d items (%d in catalogue)",
                  len(train[features.ITEM_INDEX]), len(user_vocab), len(item_vocab), len(catalogue_ids))
     model = train_model(cfg, train, len(user_vocab), len(item_vocab), text_table, steps=fn_args.train_steps or 0,
-                        log_dir=fn_args.model_run_dir, validation=evaluation)
+                        log_dir=fn_args.model_run_dir, validation=evaluation, text_encoder=text_encoder,
+                        item_texts=item_texts)
 
+    if cfg.train_encoder:  # the serving index must use the fine-tuned encoder
+        all_texts = [texts[item_id] for item_id in catalogue_ids]
+        text_vectors = np.concatenate([text_encoder(tf.constant(all_texts[i:i + 256])).numpy()
+                                       for i in range(0, len(all_texts), 256)])
     vectors = candidate_vectors(model, catalogue_index(item_vocab, catalogue_ids), text_vectors)
-    text_encoder = ItemTextEncoder(cfg.preprocess_handle, cfg.encoder_handle, seq_length=cfg.text_seq_length,
-                                   output_key=cfg.encoder_output_key)
     module = RecommenderModule(model, tft_output, catalogue_ids, vectors, text_encoder, cfg)
     model_name = fn_args.custom_config.get("model_name", "tower_recs")
     export_serving_model(module, fn_args.serving_model_dir, model_name, warmup_user_ids=user_vocab[:20])
