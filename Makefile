@@ -64,13 +64,13 @@ test: setup  ## Run the test suite.
 
 bench: bench-encoder bench-quality bench-serving  ## All benchmarks (tables + JSON in benchmarks/results/).
 
-bench-encoder: setup encoder
+bench-encoder: setup encoder  ## Item-text encoding throughput (dynamic vs fixed padding).
 	$(PY) -m benchmarks.encoder_throughput --model-dir $(ENCODER_DIR) --out benchmarks/results/encoder_throughput.json
 
-bench-quality: setup encoder
+bench-quality: setup encoder  ## Recall/NDCG vs MostPopular and EASE on ml-latest-small (../shared).
 	$(PY) -m benchmarks.quality --data ../shared/data/ml-latest-small --format ml-latest-small --out benchmarks/results
 
-bench-serving: setup
+bench-serving: setup  ## gRPC/REST latency and throughput against a numpy top-k floor.
 	$(PY) -m benchmarks.serving_latency --out benchmarks/results/serving.json
 
 serve: setup  ## Serve the pushed model over TF Serving's gRPC (8500) and REST (8501) APIs on localhost.
