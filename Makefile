@@ -20,6 +20,8 @@ ENCODER_DIR ?= models/minilm
 DATA ?= data/sample
 export TOWER_RECS_DATA := $(abspath $(DATA))
 SAMPLE_USER ?=
+# MovieLens folder for `make bench-quality` (ml-latest-small, ml-100k or ml-1m files).
+MOVIELENS ?= ../shared/data/ml-latest-small
 
 .PHONY: help setup encoder sample run run-python test bench bench-quality bench-serving bench-encoder serve kubeflow clean
 
@@ -68,7 +70,7 @@ bench-encoder: setup encoder  ## Item-text encoding throughput (dynamic vs fixed
 	$(PY) -m benchmarks.encoder_throughput --model-dir $(ENCODER_DIR) --out benchmarks/results/encoder_throughput.json
 
 bench-quality: setup encoder  ## Recall/NDCG vs MostPopular and EASE on ml-latest-small (../shared).
-	$(PY) -m benchmarks.quality --data ../shared/data/ml-latest-small --format ml-latest-small --out benchmarks/results
+	$(PY) -m benchmarks.quality --data $(MOVIELENS) --format auto --out benchmarks/results
 
 bench-serving: setup  ## gRPC/REST latency and throughput against a numpy top-k floor.
 	$(PY) -m benchmarks.serving_latency --out benchmarks/results/serving.json
