@@ -2,7 +2,7 @@
 
     python -m benchmarks.quality --data ../shared/data/ml-latest-small --format ml-latest-small \
         --out benchmarks/results
-    python -m benchmarks.quality --data data/sample --format contract --out /tmp/q --quick
+    python -m benchmarks.quality --data data/sample --format contract --out outputs/quality-quick --quick
     python -m benchmarks.quality ... --tune --set temperature=0.1   # validation curve per epoch, no test
 
 Protocol (docs/anchors.md): per user the last 20% of interactions by time are test; all ratings are
