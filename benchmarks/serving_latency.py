@@ -87,7 +87,8 @@ def main(argv=None) -> dict:
         base = os.path.join(tmp, a.model_name)
         vdir = build_synthetic_model(base, 1, num_items=a.num_items, num_users=1_000, dim=64, seed=0)
 
-    results: dict = {"model_dir": vdir, "requests": a.requests, "host": platform.node(),
+    # A temp dir path means nothing to a reader of the JSON: record what the model was instead.
+    results: dict = {"model_dir": a.model_dir or f"synthetic ({a.num_items} items, d=64, temporary dir)", "requests": a.requests, "host": platform.node(),
                      "cpus": os.cpu_count(), "rows": {}}
     rows = results["rows"]
 

@@ -12,7 +12,7 @@ Signatures (names from ``trainer.features``):
   query_embedding      user_id [B], history [B, H] -> embedding [B, D]
   candidate_embedding  item_id, title, categories, description [B] -> embedding [B, D]
 
-    python -m serving.synthetic_model --out /tmp/models/tower_recs --num_items 10000 --dim 64
+    python -m serving.synthetic_model --out outputs/synthetic_model/tower_recs --num_items 10000 --dim 64
 """
 from __future__ import annotations
 
