@@ -21,13 +21,11 @@ import tempfile
 import time
 from typing import List, Optional, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from encoder.export import build_hub_modules  # noqa: E402
-from encoder.text_embedding import TextEncoder, _cached_encoder, encode_texts  # noqa: E402
+from encoder.export import build_hub_modules
+from encoder.text_embedding import TextEncoder, _cached_encoder, encode_texts
 
 GENRES = ["Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary",
           "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",

@@ -16,13 +16,11 @@ import os
 import sys
 from typing import Optional, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow as tf
 
-import tensorflow as tf  # noqa: E402
-
-from benchmarks.training_throughput import measure_two_tower, synthetic_data  # noqa: E402
-from trainer.model_config import ModelConfig  # noqa: E402
-from trainer.task import get_strategy  # noqa: E402
+from benchmarks.training_throughput import measure_two_tower, synthetic_data
+from trainer.model_config import ModelConfig
+from trainer.task import get_strategy
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

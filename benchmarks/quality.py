@@ -35,16 +35,14 @@ import sys
 import time
 from typing import Callable, Optional, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from benchmarks.baselines import EASE, MostPopular, gram_matrix, interaction_matrix  # noqa: E402
-from data import prepare  # noqa: E402
-from trainer import features  # noqa: E402
-from trainer.metrics import retrieval_metrics, top_k_excluding  # noqa: E402
-from trainer.model_config import ModelConfig  # noqa: E402
+from benchmarks.baselines import EASE, MostPopular, gram_matrix, interaction_matrix
+from data import prepare
+from trainer import features
+from trainer.metrics import retrieval_metrics, top_k_excluding
+from trainer.model_config import ModelConfig
 
 KS = (10, 50, 100)
 CURVE_K = 100

@@ -23,9 +23,7 @@ import tempfile
 import threading
 import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def _pcts(lat_s):

@@ -21,13 +21,11 @@ import sys
 import time
 from typing import Optional, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from trainer import features  # noqa: E402
-from trainer.model_config import ModelConfig  # noqa: E402
+from trainer import features
+from trainer.model_config import ModelConfig
 
 
 def load_average() -> float:

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Dict, Mapping, Optional
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
 
 
 @dataclasses.dataclass(frozen=True)

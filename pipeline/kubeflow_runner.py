@@ -43,9 +43,6 @@ import shlex
 import sys
 from typing import Any, Optional, Sequence
 
-# Keras 2 must be the default before TensorFlow is first imported (TFRS 0.7.7 needs it).
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 DEFAULT_IMAGE = "tower-recs-pipeline:latest"
 DEFAULT_BUCKET = "gs://tower-recs"
 # Where the Dockerfile puts the project (WORKDIR, PYTHONPATH) and builds the encoder modules.

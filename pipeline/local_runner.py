@@ -7,19 +7,14 @@ then `tfx run create --engine local --pipeline_name tower-recs`) and runnable di
 import os
 import sys
 
-# The tfx CLI runs this file as a script: make the project importable and Keras 2 the default.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from absl import logging  # noqa: E402
-from tfx import v1 as tfx  # noqa: E402
+def build():
+    """The local pipeline (a `tfx.dsl.Pipeline`): configs.py settings, SQLite metadata."""
+    from tfx import v1 as tfx
 
-from pipeline import configs  # noqa: E402
-from pipeline.pipeline import create_pipeline  # noqa: E402
+    from pipeline import configs
+    from pipeline.pipeline import create_pipeline
 
-
-def build() -> tfx.dsl.Pipeline:
-    """The local pipeline: configs.py settings, SQLite metadata."""
     return create_pipeline(
         pipeline_name=configs.PIPELINE_NAME,
         pipeline_root=configs.PIPELINE_ROOT,
@@ -40,9 +35,19 @@ def build() -> tfx.dsl.Pipeline:
 
 
 def run() -> None:
+    """Builds the pipeline and runs it to completion with `LocalDagRunner`."""
+    from absl import logging
+    from tfx import v1 as tfx
+
     logging.set_verbosity(logging.INFO)
     tfx.orchestration.LocalDagRunner().run(build())
 
 
 if __name__ == "__main__":
+    # The tfx CLI runs this file by path, with pipeline/ first on sys.path (where pipeline.py would
+    # shadow the package): put the project first. Importing the package selects Keras 2 before
+    # TFX imports TensorFlow.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import pipeline  # noqa: F401
+
     run()

@@ -21,11 +21,9 @@ import os
 import sys
 from typing import Any, Optional
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from tfx import v1 as tfx  # noqa: E402
-from tfx import types as tfx_types  # noqa: E402
-from tfx.types import artifact_utils, standard_artifacts  # noqa: E402
+from tfx import v1 as tfx
+from tfx import types as tfx_types
+from tfx.types import artifact_utils, standard_artifacts
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.json"

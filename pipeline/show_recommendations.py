@@ -12,9 +12,7 @@ import csv
 import os
 import sys
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from pipeline import configs  # noqa: E402
+from pipeline import configs
 
 
 def latest_version_dir(model_base: str) -> str:

@@ -1,9 +1,11 @@
 """Shared fixtures: a tiny TF Hub BERT (built by the project's real export code) and tiny contract data."""
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import pytest
 
-import pytest  # noqa: E402
+# The one place the test process selects Keras 2 (TFRS 0.7.7 and TF Hub need it): conftest runs
+# before any test module imports TensorFlow. Subprocesses get it in their `env=`.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

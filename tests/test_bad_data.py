@@ -10,12 +10,10 @@ import hashlib
 import os
 import shutil
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import pandas as pd
+import pytest
 
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-
-import gate_pipeline_run as runs  # noqa: E402
+import gate_pipeline_run as runs
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INTERACTIONS_SCHEMA = os.path.join(PROJECT_DIR, "schema", "interactions", "schema.pbtxt")

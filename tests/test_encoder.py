@@ -5,23 +5,20 @@ import subprocess
 import sys
 import textwrap
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_hub as hub
+import tensorflow_text as text
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_hub as hub  # noqa: E402
-import tensorflow_text as text  # noqa: E402
-
-from encoder import export  # noqa: E402
-from encoder.text_embedding import encode_texts, preprocessor_seq_length  # noqa: E402
+from encoder import export
+from encoder.text_embedding import encode_texts, preprocessor_seq_length
+# The allow-list and the op walk are the ones the pipeline's ServingCheck gate uses.
+from pipeline.components.serving_ops import TF_TEXT_2_12_OPS, graph_op_names as _graph_ops
 
 GOLDEN_PATH = os.path.join(os.path.dirname(__file__), "fixtures", "minilm_golden.json")
 ATOL = 1e-4
 MIN_COSINE = 0.99999
-
-# The allow-list and the op walk are the ones the pipeline's ServingCheck gate uses.
-from pipeline.components.serving_ops import TF_TEXT_2_12_OPS, graph_op_names as _graph_ops  # noqa: E402
 
 
 @pytest.fixture(scope="module")

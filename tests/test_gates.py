@@ -9,10 +9,8 @@ import json
 import os
 import sqlite3
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import gate_pipeline_run as runs  # noqa: E402
-from pipeline.components.gate_config import EvaluationConfig, ServingCheckConfig  # noqa: E402
+import gate_pipeline_run as runs
+from pipeline.components.gate_config import EvaluationConfig, ServingCheckConfig
 
 
 def _metrics(recall):

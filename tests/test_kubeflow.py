@@ -28,7 +28,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "deploy" / "k8s" / "base"

@@ -7,22 +7,19 @@ the CatalogTrainer adds `custom_config["item_files"]`, the catalogue's examples.
 from __future__ import annotations
 
 import glob
-import os
 from typing import Iterable, Optional
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+from absl import logging
+from tfx_bsl.public import tfxio
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
-from absl import logging  # noqa: E402
-from tfx_bsl.public import tfxio  # noqa: E402
-
-from trainer import features  # noqa: E402
-from trainer.export import RecommenderModule, export_serving_model  # noqa: E402
-from trainer.item_text import ItemTextEncoder, embed_catalogue, item_text  # noqa: E402
-from trainer.model import TwoTowerModel  # noqa: E402
-from trainer.model_config import ModelConfig  # noqa: E402
+from trainer import features
+from trainer.export import RecommenderModule, export_serving_model
+from trainer.item_text import ItemTextEncoder, embed_catalogue, item_text
+from trainer.model import TwoTowerModel
+from trainer.model_config import ModelConfig
 
 
 # -- catalogue -----------------------------------------------------------------------------------
