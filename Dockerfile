@@ -46,4 +46,4 @@ COPY . /pipeline
 RUN python -m encoder.export --out /pipeline/models/minilm \
  && test -f /pipeline/models/minilm/preprocess/saved_model.pb \
  && test -f /pipeline/models/minilm/encoder/saved_model.pb \
- && python -c "import pipeline.pipeline, trainer.task, trainer.preprocessing"
+ && python -c "import pipeline.pipeline, trainer.run_fn, trainer.preprocessing"

@@ -3,7 +3,7 @@
     python -m benchmarks.gpu_check [--examples 200000] [--mixed-precision] [--out DIR]
 
 Trains the default two-tower model (`ModelConfig()`, frozen-encoder text table) on synthetic data
-of ml-latest-small's shape with `trainer.task.train_model` (MirroredStrategy when more than one GPU
+of ml-latest-small's shape with `trainer.train.train_model` (MirroredStrategy when more than one GPU
 is visible) and prints examples/s of the epochs after the first. Runs on CPU too: it then says that
 no GPU was found and measures the CPU.
 """
@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from benchmarks.training_throughput import measure_two_tower, synthetic_data
 from trainer.model_config import ModelConfig
-from trainer.task import get_strategy
+from trainer.train import get_strategy
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

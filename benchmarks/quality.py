@@ -19,7 +19,7 @@ EASE's lambda is tuned on a validation split of train (the same per-user chronol
 the train part). The two-tower models use `ModelConfig()` defaults, the config the pipeline trains;
 `--tune` reports the validation metric after every epoch (that is how the defaults were picked).
 
-The two-tower models are trained by the project's trainer code (`trainer.task.train_model`) on
+The two-tower models are trained by the project's trainer code (`trainer.train.train_model`) on
 index features built like `trainer.preprocessing.preprocessing_fn` builds them: vocabularies of
 train ids by frequency (desc, ties by id desc as tft.vocabulary), OOV = vocabulary size, history =
 the last 20 items strictly before the interaction, -1 padded.
@@ -40,7 +40,7 @@ import pandas as pd
 
 from benchmarks.baselines import EASE, MostPopular, gram_matrix, interaction_matrix
 from data import prepare
-from trainer import features
+from schema import contract
 from trainer.metrics import retrieval_metrics, top_k_excluding
 from trainer.model_config import ModelConfig
 
@@ -70,11 +70,11 @@ def load_data(path: str, fmt: str, use_tags: bool = False) -> tuple[pd.DataFrame
         interactions, items = load_movielens(path, fmt)
         if not use_tags:
             # ml-latest-small tags were written by users, possibly after the split time: leakage.
-            items = items.assign(**{features.DESCRIPTION: ""})
-    interactions = interactions[[features.USER_ID, features.ITEM_ID, features.TIMESTAMP]].copy()
-    interactions[features.USER_ID] = interactions[features.USER_ID].astype(str)
-    interactions[features.ITEM_ID] = interactions[features.ITEM_ID].astype(str)
-    interactions[features.TIMESTAMP] = interactions[features.TIMESTAMP].astype(np.int64)
+            items = items.assign(**{contract.DESCRIPTION: ""})
+    interactions = interactions[[contract.USER_ID, contract.ITEM_ID, contract.TIMESTAMP]].copy()
+    interactions[contract.USER_ID] = interactions[contract.USER_ID].astype(str)
+    interactions[contract.ITEM_ID] = interactions[contract.ITEM_ID].astype(str)
+    interactions[contract.TIMESTAMP] = interactions[contract.TIMESTAMP].astype(np.int64)
     items = prepare.validate_items(items)
     return interactions, items
 
@@ -94,7 +94,7 @@ def make_splits(interactions: pd.DataFrame, items: pd.DataFrame, test_fraction: 
     train, test = prepare.chronological_split(interactions, test_fraction=test_fraction)
     fit, validation = prepare.validation_split(train, fraction=test_fraction)
     _, _, cold_items = prepare.cold_item_split(interactions, items, fraction=cold_fraction, seed=seed)
-    cold_train = train[~train[features.ITEM_ID].isin(set(cold_items))].reset_index(drop=True)
+    cold_train = train[~train[contract.ITEM_ID].isin(set(cold_items))].reset_index(drop=True)
     return Splits(train, test, fit, validation, cold_items, cold_train)
 
 
@@ -112,9 +112,9 @@ def _index(ids: Sequence[str], vocab: dict[str, int], oov: int) -> np.ndarray:
 
 def history_matrix(histories: Sequence[Sequence[str]], item_position: dict[str, int], num_items: int) -> np.ndarray:
     """[N, HISTORY_LENGTH] indices of the last HISTORY_LENGTH ids (left-aligned, -1 padded, OOV = num_items)."""
-    out = -np.ones([len(histories), features.HISTORY_LENGTH], np.int64)
+    out = -np.ones([len(histories), contract.HISTORY_LENGTH], np.int64)
     for row, history in enumerate(histories):
-        history = list(history)[-features.HISTORY_LENGTH:]
+        history = list(history)[-contract.HISTORY_LENGTH:]
         out[row, :len(history)] = [item_position.get(i, num_items) for i in history]
     return out
 
@@ -134,25 +134,25 @@ def make_queries(train: pd.DataFrame, test: pd.DataFrame, column: dict[str, int]
     """`exclude_from` (default `train`) holds the items each user has already seen."""
     exclude_from = train if exclude_from is None else exclude_from
     ordered = prepare._chrono_order(train)
-    history = ordered.groupby(features.USER_ID, sort=False)[features.ITEM_ID].apply(list).to_dict()
-    seen = exclude_from.groupby(features.USER_ID)[features.ITEM_ID].apply(list).to_dict()
-    users = sorted(set(test[features.USER_ID]))
+    history = ordered.groupby(contract.USER_ID, sort=False)[contract.ITEM_ID].apply(list).to_dict()
+    seen = exclude_from.groupby(contract.USER_ID)[contract.ITEM_ID].apply(list).to_dict()
+    users = sorted(set(test[contract.USER_ID]))
     relevant = {}
     for name, select in slices.items():
-        grouped = select(test).groupby(features.USER_ID)[features.ITEM_ID].apply(list).to_dict()
+        grouped = select(test).groupby(contract.USER_ID)[contract.ITEM_ID].apply(list).to_dict()
         relevant[name] = [np.array([column[i] for i in grouped.get(u, [])], np.int64) for u in users]
     return Queries(users=users,
-                   history=[history.get(u, [])[-features.HISTORY_LENGTH:] for u in users],
+                   history=[history.get(u, [])[-contract.HISTORY_LENGTH:] for u in users],
                    exclude=[np.array([column[i] for i in seen.get(u, [])], np.int64) for u in users],
                    relevant=relevant)
 
 
 # -- item texts ----------------------------------------------------------------------------------
 def item_texts(items: pd.DataFrame) -> list[str]:
-    from trainer.task import catalogue_texts
+    from trainer.item_text import catalogue_texts
 
     return catalogue_texts({name: items[name].to_numpy(object) for name in
-                            (features.TITLE, features.CATEGORIES, features.DESCRIPTION)})
+                            (contract.TITLE, contract.CATEGORIES, contract.DESCRIPTION)})
 
 
 def text_embeddings(texts: list[str], cfg: ModelConfig, cache_dir: str) -> np.ndarray:
@@ -188,9 +188,9 @@ def popularity_scores(train: pd.DataFrame, users: Sequence[str], column: dict[st
 
 def _user_matrix(train: pd.DataFrame, users: Sequence[str], column: dict[str, int], n: int):
     """Binary [all train users, n] matrix, the row of each of `users` (or -1) and the active columns."""
-    user_position = {u: i for i, u in enumerate(sorted(set(train[features.USER_ID])))}
-    X = interaction_matrix([user_position[u] for u in train[features.USER_ID]],
-                           [column[i] for i in train[features.ITEM_ID]], len(user_position), n)
+    user_position = {u: i for i, u in enumerate(sorted(set(train[contract.USER_ID])))}
+    X = interaction_matrix([user_position[u] for u in train[contract.USER_ID]],
+                           [column[i] for i in train[contract.ITEM_ID]], len(user_position), n)
     active = np.flatnonzero(np.asarray(X.sum(axis=0)).reshape(-1) > 0)
     return X[:, active], np.array([user_position.get(u, -1) for u in users]), active
 
@@ -223,16 +223,16 @@ class IndexData:
 
 def index_features(train: pd.DataFrame, queries: Queries) -> IndexData:
     """Index features of the training interactions and the test queries, as preprocessing_fn makes them."""
-    user_vocab = tft_vocabulary(train[features.USER_ID])
-    item_vocab = tft_vocabulary(train[features.ITEM_ID])
+    user_vocab = tft_vocabulary(train[contract.USER_ID])
+    item_vocab = tft_vocabulary(train[contract.ITEM_ID])
     user_position = {u: i for i, u in enumerate(user_vocab)}
     item_position = {i: n for n, i in enumerate(item_vocab)}
     with_history = prepare.add_history(train)
-    histories = [h.split() if h else [] for h in with_history[features.HISTORY]]
+    histories = [h.split() if h else [] for h in with_history[contract.HISTORY]]
     examples = {
-        features.USER_INDEX: _index(list(with_history[features.USER_ID]), user_position, len(user_vocab)),
-        features.ITEM_INDEX: _index(list(with_history[features.ITEM_ID]), item_position, len(item_vocab)),
-        features.HISTORY_INDEX: history_matrix(histories, item_position, len(item_vocab)),
+        contract.USER_INDEX: _index(list(with_history[contract.USER_ID]), user_position, len(user_vocab)),
+        contract.ITEM_INDEX: _index(list(with_history[contract.ITEM_ID]), item_position, len(item_vocab)),
+        contract.HISTORY_INDEX: history_matrix(histories, item_position, len(item_vocab)),
     }
     return IndexData(user_vocab, item_vocab, examples,
                      _index(queries.users, user_position, len(user_vocab)),
@@ -241,10 +241,10 @@ def index_features(train: pd.DataFrame, queries: Queries) -> IndexData:
 
 def two_tower_scores(cfg: ModelConfig, data: IndexData, catalogue_ids: list[str], text_vectors: np.ndarray,
                      callbacks=None, verbose: int = 2):
-    """Trains with `trainer.task.train_model`; returns (scores [queries, catalogue], model, train seconds)."""
+    """Trains with `trainer.train.train_model`; returns (scores [queries, catalogue], model, train seconds)."""
     import tensorflow as tf
 
-    from trainer.task import build_text_table, candidate_vectors, catalogue_index, train_model
+    from trainer.train import build_text_table, candidate_vectors, catalogue_index, train_model
 
     text_table = build_text_table(data.item_vocab, catalogue_ids, text_vectors)
     start = time.time()
@@ -257,7 +257,7 @@ def two_tower_scores(cfg: ModelConfig, data: IndexData, catalogue_ids: list[str]
 def score_two_tower(model, data: IndexData, catalogue_ids: list[str], text_vectors: np.ndarray) -> np.ndarray:
     import tensorflow as tf
 
-    from trainer.task import candidate_vectors, catalogue_index
+    from trainer.train import candidate_vectors, catalogue_index
 
     candidates = candidate_vectors(model, catalogue_index(data.item_vocab, catalogue_ids), text_vectors)
     queries = np.concatenate([
@@ -352,10 +352,10 @@ def run_benchmark(args) -> dict:
     os.makedirs(args.out, exist_ok=True)
 
     interactions, items = load_data(args.data, args.format, use_tags=args.use_tags)
-    log(f"{len(interactions)} interactions, {interactions[features.USER_ID].nunique()} users, "
+    log(f"{len(interactions)} interactions, {interactions[contract.USER_ID].nunique()} users, "
         f"{len(items)} catalogue items (tags as description: {bool(args.use_tags)})")
     splits = make_splits(interactions, items, args.test_fraction, args.cold_fraction, args.seed)
-    catalogue_ids = items[features.ITEM_ID].tolist()
+    catalogue_ids = items[contract.ITEM_ID].tolist()
     column = {item_id: i for i, item_id in enumerate(catalogue_ids)}
     n = len(catalogue_ids)
     text_vectors = text_embeddings(item_texts(items), cfg, args.cache_dir or args.out)
@@ -391,8 +391,8 @@ def run_benchmark(args) -> dict:
     cold = set(splits.cold_items)
     scenarios = [
         ("all", splits.train, {"all": lambda d: d}),
-        ("cold", splits.cold_train, {"cold": lambda d: d[d[features.ITEM_ID].isin(cold)],
-                                     "warm": lambda d: d[~d[features.ITEM_ID].isin(cold)]}),
+        ("cold", splits.cold_train, {"cold": lambda d: d[d[contract.ITEM_ID].isin(cold)],
+                                     "warm": lambda d: d[~d[contract.ITEM_ID].isin(cold)]}),
     ]
     for scenario, train, slices in scenarios:
         # Exclusions: everything the user interacted with before the split (cold items included).
@@ -402,7 +402,7 @@ def run_benchmark(args) -> dict:
                   "EASE": ease_scores(train, queries.users, column, n, [lam])[lam]}
         data = index_features(train, queries)
         for name, model_cfg, vectors in (("TwoTower-ID", id_cfg, zero_text), ("TwoTower-BERT", cfg, text_vectors)):
-            log(f"[{scenario}] training {name}: {len(data.train[features.ITEM_INDEX])} examples, "
+            log(f"[{scenario}] training {name}: {len(data.train[contract.ITEM_INDEX])} examples, "
                 f"{model_cfg.epochs} epochs of batch {model_cfg.batch_size}")
             scores[name], _, seconds = two_tower_scores(model_cfg, data, catalogue_ids, vectors, verbose=verbose)
             timings[f"{scenario}/{name}"] = round(seconds, 1)

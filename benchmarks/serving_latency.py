@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
     q = loaded.signatures["query_embedding"](user_id=tf.constant(["user_1"]), history=tf.zeros([1, 0], tf.string))
     d = int(q["embedding"].shape[-1])
     # The floor does the same work on a table of the catalogue's size (values do not matter for timing).
-    catalogue = getattr(loaded, "candidates", None)          # trainer/export.py's RecommenderModule
+    catalogue = getattr(loaded, "candidates", None)          # trainer/serving_model.py's RecommenderModule
     catalogue = catalogue if catalogue is not None else getattr(loaded, "item_table", None)  # synthetic model
     n_items = int(catalogue.shape[0]) if catalogue is not None else a.num_items
     table = np.random.default_rng(0).normal(size=(n_items, d)).astype(np.float32)

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from trainer import features
+from schema import contract
 from trainer.model_config import ModelConfig
 
 
@@ -38,11 +38,11 @@ def synthetic_data(n_examples: int = 80_000, n_users: int = 610, n_items: int = 
     popularity = 1.0 / np.arange(1, n_items + 1)
     popularity /= popularity.sum()
     items = rng.choice(n_items, size=n_examples, p=popularity)
-    history = rng.choice(n_items, size=(n_examples, features.HISTORY_LENGTH), p=popularity)
-    lengths = rng.integers(0, features.HISTORY_LENGTH + 1, size=n_examples)
-    history[np.arange(features.HISTORY_LENGTH)[None, :] >= lengths[:, None]] = -1
-    train = {features.USER_INDEX: rng.integers(0, n_users, n_examples).astype(np.int64),
-             features.ITEM_INDEX: items.astype(np.int64), features.HISTORY_INDEX: history.astype(np.int64)}
+    history = rng.choice(n_items, size=(n_examples, contract.HISTORY_LENGTH), p=popularity)
+    lengths = rng.integers(0, contract.HISTORY_LENGTH + 1, size=n_examples)
+    history[np.arange(contract.HISTORY_LENGTH)[None, :] >= lengths[:, None]] = -1
+    train = {contract.USER_INDEX: rng.integers(0, n_users, n_examples).astype(np.int64),
+             contract.ITEM_INDEX: items.astype(np.int64), contract.HISTORY_INDEX: history.astype(np.int64)}
     table = np.vstack([rng.normal(size=[n_items, text_dim]), np.zeros([1, text_dim])]).astype(np.float32)
     return train, table
 
@@ -61,15 +61,15 @@ class EpochTimer(tf.keras.callbacks.Callback):
 
 def measure_two_tower(cfg: ModelConfig, train: dict[str, np.ndarray], text_table: np.ndarray,
                       num_users: int, epochs: int = 3) -> dict:
-    """Trains `epochs` epochs with `trainer.task.train_model`; examples/s over the epochs after the first."""
-    from trainer.task import train_model
+    """Trains `epochs` epochs with `trainer.train.train_model`; examples/s over the epochs after the first."""
+    from trainer.train import train_model
 
     cfg = dataclasses.replace(cfg, epochs=epochs)
     timer = EpochTimer()
     start = time.perf_counter()
     train_model(cfg, train, num_users, text_table.shape[0] - 1, text_table, verbose=0, callbacks=[timer])
     total = time.perf_counter() - start
-    examples = (len(train[features.ITEM_INDEX]) // cfg.batch_size) * cfg.batch_size
+    examples = (len(train[contract.ITEM_INDEX]) // cfg.batch_size) * cfg.batch_size
     steady = timer.seconds[1:] or timer.seconds
     return {"examples_per_s": examples / float(np.median(steady)), "first_epoch_s": timer.seconds[0],
             "steady_epoch_s": float(np.median(steady)), "total_s": total,
@@ -90,15 +90,15 @@ def measure_tfrs_basic(train: dict[str, np.ndarray], num_users: int, num_items: 
             self.task = tfrs.tasks.Retrieval()
 
         def compute_loss(self, inputs, training=False):
-            return self.task(self.user(inputs[features.USER_INDEX]), self.item(inputs[features.ITEM_INDEX]),
+            return self.task(self.user(inputs[contract.USER_INDEX]), self.item(inputs[contract.ITEM_INDEX]),
                              compute_metrics=False)
 
     tf.keras.utils.set_random_seed(0)
     model = Basic()
     model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
-    n = len(train[features.ITEM_INDEX])
+    n = len(train[contract.ITEM_INDEX])
     dataset = tf.data.Dataset.from_tensor_slices(
-        {features.USER_INDEX: train[features.USER_INDEX], features.ITEM_INDEX: train[features.ITEM_INDEX]})
+        {contract.USER_INDEX: train[contract.USER_INDEX], contract.ITEM_INDEX: train[contract.ITEM_INDEX]})
     dataset = dataset.shuffle(n, seed=0, reshuffle_each_iteration=True).batch(batch_size).cache()
     timer = EpochTimer()
     model.fit(dataset, epochs=epochs, verbose=0, callbacks=[timer])

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from data import prepare
-from trainer import features
+from schema import contract as features
 
 FORMATS = ("ml-100k", "ml-1m", "ml-latest-small")
 

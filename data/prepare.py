@@ -27,7 +27,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from trainer import features
+from schema import contract as features
 
 USER_ID = features.USER_ID
 ITEM_ID = features.ITEM_ID

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from data import prepare
-from trainer import features
+from schema import contract
 
 # genre -> (title adjectives, title nouns, description phrases)
 GENRES: Dict[str, Tuple[List[str], List[str], List[str]]] = {
@@ -159,13 +159,13 @@ def _make_items(rng: np.random.Generator, n_items: int) -> Tuple[pd.DataFrame, n
         cats = [GENRE_NAMES[main]] + ([GENRE_NAMES[second]] if second is not None else [])
         rows.append(
             {
-                features.ITEM_ID: f"i{i + 1:04d}",
-                features.TITLE: title,
-                features.CATEGORIES: "|".join(cats),
-                features.DESCRIPTION: desc,
+                contract.ITEM_ID: f"i{i + 1:04d}",
+                contract.TITLE: title,
+                contract.CATEGORIES: "|".join(cats),
+                contract.DESCRIPTION: desc,
             }
         )
-    return pd.DataFrame(rows, columns=list(features.ITEM_COLUMNS)), mix
+    return pd.DataFrame(rows, columns=list(contract.ITEM_COLUMNS)), mix
 
 
 def generate(
@@ -229,10 +229,10 @@ def generate(
         rows_r += r.tolist()
     interactions = pd.DataFrame(
         {
-            features.USER_ID: rows_u,
-            features.ITEM_ID: rows_i,
-            features.TIMESTAMP: np.array(rows_t, dtype=np.int64),
-            features.RATING: np.array(rows_r, dtype=float),
+            contract.USER_ID: rows_u,
+            contract.ITEM_ID: rows_i,
+            contract.TIMESTAMP: np.array(rows_t, dtype=np.int64),
+            contract.RATING: np.array(rows_r, dtype=float),
         }
     )
     return interactions, items

@@ -26,7 +26,7 @@ def _abs(path: str) -> str:
 PIPELINE_NAME = _env("PIPELINE_NAME", "tower-recs")
 MODEL_NAME = _env("MODEL_NAME", "tower_recs")
 
-# Data in the contract layout of `trainer/features.py` (see `data/prepare.py`).
+# Data in the contract layout of `schema/contract.py` (see `data/prepare.py`).
 DATA_PATH = _abs(_env("DATA", "data/sample"))
 INTERACTIONS_PATH = os.path.join(DATA_PATH, "interactions")
 ITEMS_PATH = os.path.join(DATA_PATH, "items")
@@ -42,7 +42,7 @@ ITEMS_SCHEMA = os.path.join(PROJECT_DIR, "schema", "items", "schema.pbtxt")
 
 # Entry points passed to TFX as dotted paths of the installed package (no module packaging).
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
-RUN_FN = "trainer.task.run_fn"
+RUN_FN = "trainer.run_fn.run_fn"
 
 TRAIN_STEPS = int(_env("TRAIN_STEPS", "0"))   # 0: train for ModelConfig.epochs
 EVAL_STEPS = int(_env("EVAL_STEPS", "0"))

@@ -141,7 +141,7 @@ def create_pipeline(
         schema=i_schema.outputs["schema"],
         items=item_gen.outputs["examples"],
         run_fn=run_fn,
-        # num_steps=0 means "ModelConfig.epochs over the data" (see trainer/task.py).
+        # num_steps=0 means "ModelConfig.epochs over the data" (see trainer/train.py).
         train_args=tfx.proto.TrainArgs(num_steps=train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
         custom_config={"model": model_config.to_dict()},

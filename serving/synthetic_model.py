@@ -25,7 +25,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer import features as F  # noqa: E402
+from schema import contract as F  # noqa: E402
 from trainer.model_config import ModelConfig  # noqa: E402
 
 WARMUP_FILE = "tf_serving_warmup_requests"

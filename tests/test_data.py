@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from data import movielens, prepare, sample
-from trainer import features
+from schema import contract as features
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

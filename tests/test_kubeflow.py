@@ -821,7 +821,7 @@ def test_dockerignore_keeps_code_and_drops_generated_files():
     patterns = _dockerignore_patterns()
     for rel in (".venv", "outputs", "models", ".git", "data/sample", "pipeline/__pycache__/x.pyc"):
         assert _ignored(rel, patterns), rel
-    for rel in ("pyproject.toml", "uv.lock", ".python-version", "pipeline/pipeline.py", "trainer/task.py",
+    for rel in ("pyproject.toml", "uv.lock", ".python-version", "pipeline/pipeline.py", "trainer/run_fn.py",
                 "encoder/export.py", "data/prepare.py", "schema/items/schema.pbtxt", "serving/__init__.py"):
         assert not _ignored(rel, patterns), rel
     # `docker build -f serving/Dockerfile .` uses the same context and .dockerignore.

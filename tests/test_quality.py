@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks import quality
 from benchmarks.baselines import EASE, MostPopular, interaction_matrix
-from trainer import features
+from schema import contract
 
 
 def test_most_popular_counts_each_user_once():
@@ -41,24 +41,24 @@ def test_benchmark_splits_do_not_leak(tiny_data):
     interactions, items = quality.load_data(tiny_data, "contract")
     splits = quality.make_splits(interactions, items, cold_fraction=0.1, seed=0)
     cold = set(splits.cold_items)
-    assert cold and not cold & set(splits.cold_train[features.ITEM_ID])
+    assert cold and not cold & set(splits.cold_train[contract.ITEM_ID])
     assert len(splits.train) + len(splits.test) == len(interactions)
     # No test interaction is earlier than any of the same user's train interactions.
-    last_train = splits.train.groupby(features.USER_ID)[features.TIMESTAMP].max()
-    first_test = splits.test.groupby(features.USER_ID)[features.TIMESTAMP].min()
+    last_train = splits.train.groupby(contract.USER_ID)[contract.TIMESTAMP].max()
+    first_test = splits.test.groupby(contract.USER_ID)[contract.TIMESTAMP].min()
     assert (first_test >= last_train.reindex(first_test.index)).all()
     # Same for the validation split inside train.
-    last_fit = splits.fit.groupby(features.USER_ID)[features.TIMESTAMP].max()
-    first_val = splits.validation.groupby(features.USER_ID)[features.TIMESTAMP].min()
+    last_fit = splits.fit.groupby(contract.USER_ID)[contract.TIMESTAMP].max()
+    first_val = splits.validation.groupby(contract.USER_ID)[contract.TIMESTAMP].min()
     assert (first_val >= last_fit.reindex(first_val.index)).all()
     assert set(map(tuple, splits.validation.to_numpy())) <= set(map(tuple, splits.train.to_numpy()))
     # Queries: history = last train items only; exclusions = the user's train items.
-    column = {i: n for n, i in enumerate(items[features.ITEM_ID])}
+    column = {i: n for n, i in enumerate(items[contract.ITEM_ID])}
     queries = quality.make_queries(splits.cold_train, splits.test, column, {"all": lambda d: d},
                                    exclude_from=splits.train)
     for user, history in zip(queries.users, queries.history):
         assert not set(history) & cold
-        assert set(history) <= set(splits.train[splits.train[features.USER_ID] == user][features.ITEM_ID])
+        assert set(history) <= set(splits.train[splits.train[contract.USER_ID] == user][contract.ITEM_ID])
 
 
 def test_quick_benchmark_end_to_end(tiny_data, tiny_encoder, tmp_path):

@@ -25,7 +25,7 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grp
                                      prediction_service_pb2_grpc)
 
 from serving.server import ServerProcess  # noqa: E402
-from trainer import features as F  # noqa: E402
+from schema import contract as F  # noqa: E402
 from trainer.model_config import ModelConfig  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

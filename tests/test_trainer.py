@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import features
+from schema import contract
 from trainer.item_text import item_text
 from trainer.model import TwoTowerModel
 from trainer.model_config import ModelConfig
@@ -50,12 +50,12 @@ def test_preprocessing_fn_maps_ids_and_history(tmp_path):
         (transformed, _), transform_fn = (rows, metadata) | tft_beam.AnalyzeAndTransformDataset(
             preprocessing_fn, output_record_batches=False)
     # "a" is the most frequent item: index 0; "b" index 1; the 2-item vocabulary puts OOV at 2.
-    assert [r[features.ITEM_INDEX] for r in transformed] == [0, 1, 0]
-    histories = [list(r[features.HISTORY_INDEX]) for r in transformed]
-    assert histories[0] == [-1] * features.HISTORY_LENGTH
-    assert histories[1] == [0] + [-1] * (features.HISTORY_LENGTH - 1)
+    assert [r[contract.ITEM_INDEX] for r in transformed] == [0, 1, 0]
+    histories = [list(r[contract.HISTORY_INDEX]) for r in transformed]
+    assert histories[0] == [-1] * contract.HISTORY_LENGTH
+    assert histories[1] == [0] + [-1] * (contract.HISTORY_LENGTH - 1)
     # Only the last HISTORY_LENGTH ids are kept: 18 unknown x-items (OOV=2) then a, b.
-    assert histories[2] == [2] * (features.HISTORY_LENGTH - 2) + [0, 1]
+    assert histories[2] == [2] * (contract.HISTORY_LENGTH - 2) + [0, 1]
 
 
 def _tiny_model(cfg=None, num_users=5, num_items=8, text_dim=6):
@@ -80,11 +80,11 @@ def test_towers_give_unit_vectors_and_ignore_history_padding():
 
 def test_recency_weights_follow_rank_from_the_end():
     model = _tiny_model()
-    model.recency_logits.assign(np.log(np.arange(1, features.HISTORY_LENGTH + 1)[::-1]).astype(np.float32))
+    model.recency_logits.assign(np.log(np.arange(1, contract.HISTORY_LENGTH + 1)[::-1]).astype(np.float32))
     # Most recent (last valid) item has rank 0 and the largest weight, whatever the padding.
     w = model.history_weights(tf.constant([[5, 6, 7, -1, -1], [5, 6, -1, -1, -1], [-1, -1, -1, -1, -1]],
                                           tf.int64)).numpy()
-    n = features.HISTORY_LENGTH
+    n = contract.HISTORY_LENGTH
     np.testing.assert_allclose(w[0, :3], np.array([n - 2, n - 1, n]) / (3 * n - 3), atol=1e-6)
     np.testing.assert_allclose(w[1, :2], np.array([n - 1, n]) / (2 * n - 1), atol=1e-6)
     assert w[0, 3:].sum() == 0 and w[2].sum() == 0
@@ -102,13 +102,13 @@ def test_unknown_item_is_placed_by_its_text_alone():
 
 def test_training_learns_user_item_affinity():
     """Users 0-2 only ever see items 0-3, users 3-4 items 4-7: after training each group scores its own items higher."""
-    from trainer.task import train_model
+    from trainer.train import train_model
 
     rng = np.random.default_rng(1)
     users = rng.integers(0, 5, size=2000)
     items = np.where(users < 3, rng.integers(0, 4, size=2000), rng.integers(4, 8, size=2000))
-    train = {features.USER_INDEX: users, features.ITEM_INDEX: items,
-             features.HISTORY_INDEX: -np.ones([2000, features.HISTORY_LENGTH], np.int64)}
+    train = {contract.USER_INDEX: users, contract.ITEM_INDEX: items,
+             contract.HISTORY_INDEX: -np.ones([2000, contract.HISTORY_LENGTH], np.int64)}
     cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=64, epochs=3,
                       id_dropout=0.0, user_id_dropout=0.0, learning_rate=0.02)
     text_table = np.zeros([9, 4], np.float32)
@@ -134,7 +134,7 @@ def test_text_pca_keeps_raw_and_table_text_paths_consistent():
 
 def _encoder_training_run(tiny_encoder, train_encoder: bool):
     from trainer.item_text import ItemTextEncoder
-    from trainer.task import train_model
+    from trainer.train import train_model
 
     cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=8, epochs=1,
                       train_encoder=train_encoder, text_seq_length=16, learning_rate=0.05)
@@ -143,8 +143,8 @@ def _encoder_training_run(tiny_encoder, train_encoder: bool):
     table = encoder(tf.constant(texts)).numpy()
     before = [v.numpy().copy() for v in encoder.encoder.weights]
     rng = np.random.default_rng(3)
-    train = {features.USER_INDEX: rng.integers(0, 3, 32), features.ITEM_INDEX: rng.integers(0, 4, 32),
-             features.HISTORY_INDEX: -np.ones([32, features.HISTORY_LENGTH], np.int64)}
+    train = {contract.USER_INDEX: rng.integers(0, 3, 32), contract.ITEM_INDEX: rng.integers(0, 4, 32),
+             contract.HISTORY_INDEX: -np.ones([32, contract.HISTORY_LENGTH], np.int64)}
     train_model(cfg, train, num_users=3, num_items=4, text_table=table, steps=3, verbose=0,
                 text_encoder=encoder, item_texts=texts)
     return max(float(np.abs(a - b.numpy()).max()) for a, b in zip(before, encoder.encoder.weights))

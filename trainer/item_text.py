@@ -15,6 +15,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_hub as hub
 
+from schema import contract
+
 
 def item_text(title: tf.Tensor, categories: tf.Tensor, description: tf.Tensor) -> tf.Tensor:
     """Joins title, '|'-separated categories and description into one cleaned string per item."""
@@ -57,3 +59,9 @@ def embed_catalogue(preprocess_handle: str, encoder_handle: str, texts: Sequence
 
     return encode_texts(preprocess_handle, encoder_handle, list(texts), batch_size=batch_size,
                         output_key=output_key)
+
+
+def catalogue_texts(catalogue: dict[str, np.ndarray]) -> list[str]:
+    texts = item_text(tf.constant(catalogue[contract.TITLE]), tf.constant(catalogue[contract.CATEGORIES]),
+                      tf.constant(catalogue[contract.DESCRIPTION]))
+    return [t.decode("utf-8") for t in texts.numpy()]

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from trainer import features
+from schema import contract
 from trainer.model_config import ModelConfig
 
 
@@ -77,7 +77,7 @@ class TwoTowerModel(tfrs.Model):
         self.text_projection = tf.keras.layers.Dense(cfg.id_embedding_dim, name="text_projection",
                                                      dtype=compute_policy(cfg))
         # One logit per recency rank (0 = most recent); all zeros = plain mean.
-        self.recency_logits = tf.Variable(tf.zeros([features.HISTORY_LENGTH]), name="recency_logits",
+        self.recency_logits = tf.Variable(tf.zeros([contract.HISTORY_LENGTH]), name="recency_logits",
                                           trainable=bool(cfg.recency_weighting))
         self.query_mlp = _mlp(cfg, "query_mlp")
         self.candidate_mlp = _mlp(cfg, "candidate_mlp")
@@ -119,7 +119,7 @@ class TwoTowerModel(tfrs.Model):
             return valid / tf.maximum(tf.reduce_sum(valid, axis=1, keepdims=True), 1.0)
         count = tf.reduce_sum(tf.cast(history_index >= 0, tf.int32), axis=1, keepdims=True)
         position = tf.range(tf.shape(history_index)[1])[None, :]
-        rank = tf.clip_by_value(count - 1 - position, 0, features.HISTORY_LENGTH - 1)
+        rank = tf.clip_by_value(count - 1 - position, 0, contract.HISTORY_LENGTH - 1)
         logits = tf.gather(self.recency_logits, rank)
         logits -= tf.reduce_max(logits, axis=1, keepdims=True)
         weights = tf.exp(logits) * valid
@@ -166,9 +166,9 @@ class TwoTowerModel(tfrs.Model):
     # library functions on the first trace (that took 20-60 s of the first epoch on 2 busy cores).
     @tf.autograph.experimental.do_not_convert
     def compute_loss(self, inputs: dict, training: bool = False) -> tf.Tensor:
-        item_index = tf.cast(tf.reshape(inputs[features.ITEM_INDEX], [-1]), tf.int64)
-        query = self.query_embedding(tf.reshape(inputs[features.USER_INDEX], [-1]),
-                                     inputs[features.HISTORY_INDEX], training=training)
+        item_index = tf.cast(tf.reshape(inputs[contract.ITEM_INDEX], [-1]), tf.int64)
+        query = self.query_embedding(tf.reshape(inputs[contract.USER_INDEX], [-1]),
+                                     inputs[contract.HISTORY_INDEX], training=training)
         if self.text_encoder is not None:
             texts = tf.gather(self.item_texts, tf.minimum(item_index, self.num_items))
             text_embedding = self.text_encoder(texts, training=training)

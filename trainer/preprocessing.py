@@ -9,7 +9,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from trainer import features
+from schema import contract
 
 
 def _dense_string(value: tf.Tensor | tf.SparseTensor) -> tf.Tensor:
@@ -23,23 +23,23 @@ def _dense_string(value: tf.Tensor | tf.SparseTensor) -> tf.Tensor:
 def history_tokens(history: tf.Tensor) -> tf.RaggedTensor:
     """Space-separated history strings [B] -> the last HISTORY_LENGTH ids, ragged [B, None]."""
     tokens = tf.strings.split(history)
-    return tokens[:, -features.HISTORY_LENGTH:]
+    return tokens[:, -contract.HISTORY_LENGTH:]
 
 
 def preprocessing_fn(inputs: dict) -> dict:
     """Maps raw interactions to the indices the two-tower model consumes."""
-    user_id = _dense_string(inputs[features.USER_ID])
-    item_id = _dense_string(inputs[features.ITEM_ID])
-    user_vocab = tft.vocabulary(user_id, vocab_filename=features.USER_VOCAB)
-    item_vocab = tft.vocabulary(item_id, vocab_filename=features.ITEM_VOCAB)
+    user_id = _dense_string(inputs[contract.USER_ID])
+    item_id = _dense_string(inputs[contract.ITEM_ID])
+    user_vocab = tft.vocabulary(user_id, vocab_filename=contract.USER_VOCAB)
+    item_vocab = tft.vocabulary(item_id, vocab_filename=contract.ITEM_VOCAB)
 
-    history = history_tokens(_dense_string(inputs[features.HISTORY]))
+    history = history_tokens(_dense_string(inputs[contract.HISTORY]))
     history_index = history.with_flat_values(
         tft.apply_vocabulary(history.flat_values, item_vocab, num_oov_buckets=1))
     return {
-        features.USER_INDEX: tft.apply_vocabulary(user_id, user_vocab, num_oov_buckets=1),
-        features.ITEM_INDEX: tft.apply_vocabulary(item_id, item_vocab, num_oov_buckets=1),
+        contract.USER_INDEX: tft.apply_vocabulary(user_id, user_vocab, num_oov_buckets=1),
+        contract.ITEM_INDEX: tft.apply_vocabulary(item_id, item_vocab, num_oov_buckets=1),
         # Fixed width so the trainer and the serving graph see a dense [B, HISTORY_LENGTH]; -1 pads.
-        features.HISTORY_INDEX: history_index.to_tensor(
-            default_value=-1, shape=[None, features.HISTORY_LENGTH]),
+        contract.HISTORY_INDEX: history_index.to_tensor(
+            default_value=-1, shape=[None, contract.HISTORY_LENGTH]),
     }

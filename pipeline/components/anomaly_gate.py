@@ -84,32 +84,32 @@ def _is_utf8(value: bytes) -> bool:
 
 def check_examples(interactions, items, interaction_splits=("train", "eval"), item_split="items") -> "list[str]":
     """Referential integrity, duplicates and UTF-8 of the ExampleGen outputs, one line per problem."""
-    from trainer import features
+    from schema import contract
 
     problems = []
-    catalogue = _read_split(items, item_split, features.ITEM_COLUMNS)
-    if not catalogue[features.ITEM_ID]:
+    catalogue = _read_split(items, item_split, contract.ITEM_COLUMNS)
+    if not catalogue[contract.ITEM_ID]:
         problems.append(f"items {item_split}: dataset: no rows (empty file?)")
     problems += _utf8_problems("items", item_split, catalogue)
-    item_ids = [v for v in catalogue[features.ITEM_ID] if v is not None]
+    item_ids = [v for v in catalogue[contract.ITEM_ID] if v is not None]
     counts = collections.Counter(item_ids)
     duplicated = {v for v, n in counts.items() if n > 1}
     if duplicated:
-        problems.append(f"items {item_split}: column '{features.ITEM_ID}': {len(duplicated)} duplicated item id(s) "
+        problems.append(f"items {item_split}: column '{contract.ITEM_ID}': {len(duplicated)} duplicated item id(s) "
                         f"in the catalogue: {_shown(duplicated)}")
     known = set(item_ids)
     seen_rows: dict = {}
     for split in interaction_splits:
-        rows = _read_split(interactions, split, features.INTERACTION_COLUMNS)
-        if not rows[features.USER_ID]:
+        rows = _read_split(interactions, split, contract.INTERACTION_COLUMNS)
+        if not rows[contract.USER_ID]:
             problems.append(f"interactions {split}: dataset: no rows (empty file?)")
         problems += _utf8_problems("interactions", split, rows)
-        unknown = {v for v in rows[features.ITEM_ID] if v is not None and v not in known}
+        unknown = {v for v in rows[contract.ITEM_ID] if v is not None and v not in known}
         if unknown:
             problems.append(
-                f"interactions {split}: column '{features.ITEM_ID}': {len(unknown)} item id(s) outside the domain "
+                f"interactions {split}: column '{contract.ITEM_ID}': {len(unknown)} item id(s) outside the domain "
                 f"(not in the item catalogue): {_shown(unknown)}")
-        keys = list(zip(*(rows[c] for c in (features.USER_ID, features.ITEM_ID, features.TIMESTAMP))))
+        keys = list(zip(*(rows[c] for c in (contract.USER_ID, contract.ITEM_ID, contract.TIMESTAMP))))
         repeated = [key for key in keys if key in seen_rows or seen_rows.setdefault(key, split) != split]
         if repeated:
             problems.append(

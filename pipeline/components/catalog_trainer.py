@@ -11,7 +11,7 @@ else (spec parameters, executor, `run_fn` contract) is the stock Trainer's.
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         items=item_example_gen.outputs["examples"],
-        run_fn="trainer.task.run_fn",
+        run_fn="trainer.run_fn.run_fn",
         train_args=tfx.proto.TrainArgs(num_steps=100),
         eval_args=tfx.proto.EvalArgs(num_steps=10))
 """

@@ -41,7 +41,7 @@ from tfx.types import artifact_utils, component_spec, standard_artifacts
 from tfx.utils import io_utils, path_utils
 
 from pipeline.components.gate_config import EvaluationConfig  # noqa: F401  (re-exported)
-from trainer import features
+from schema import contract
 
 METRICS_FILE = "metrics.json"
 BLESSED_FILE = "BLESSED"          # tfx.components.evaluator.constants.BLESSED_FILE_NAME
@@ -95,26 +95,26 @@ class EvalData:
 
 
 def load_eval_data(examples: types.Artifact, items: Optional[types.Artifact],
-                   history_length: int = features.HISTORY_LENGTH) -> EvalData:
+                   history_length: int = contract.HISTORY_LENGTH) -> EvalData:
     import tensorflow as tf
 
-    columns = {features.USER_ID: (tf.string, ""), features.ITEM_ID: (tf.string, ""),
-               features.TIMESTAMP: (tf.int64, 0)}
+    columns = {contract.USER_ID: (tf.string, ""), contract.ITEM_ID: (tf.string, ""),
+               contract.TIMESTAMP: (tf.int64, 0)}
     train = read_columns(_split_files(examples, TRAIN_SPLIT), columns)
     evals = read_columns(_split_files(examples, EVAL_SPLIT), columns)
     train_events: dict[str, list] = {}
-    for i, (user, item, ts) in enumerate(zip(train[features.USER_ID], train[features.ITEM_ID],
-                                             train[features.TIMESTAMP])):
+    for i, (user, item, ts) in enumerate(zip(train[contract.USER_ID], train[contract.ITEM_ID],
+                                             train[contract.TIMESTAMP])):
         train_events.setdefault(user, []).append((ts, i, item))
     relevant: dict[str, set] = {}
-    for user, item in zip(evals[features.USER_ID], evals[features.ITEM_ID]):
+    for user, item in zip(evals[contract.USER_ID], evals[contract.ITEM_ID]):
         relevant.setdefault(user, set()).add(item)
-    train_items = set(train[features.ITEM_ID])
+    train_items = set(train[contract.ITEM_ID])
     catalogue_size = 0
     if items is not None:
         catalogue_size = len(set(read_columns(_split_files(items, ITEMS_SPLIT),
-                                              {features.ITEM_ID: (tf.string, "")})[features.ITEM_ID]))
-    data = EvalData([], [], [], [], [], cold_items=set(evals[features.ITEM_ID]) - train_items,
+                                              {contract.ITEM_ID: (tf.string, "")})[contract.ITEM_ID]))
+    data = EvalData([], [], [], [], [], cold_items=set(evals[contract.ITEM_ID]) - train_items,
                     catalogue_size=catalogue_size)
     for user in sorted(relevant):
         events = [item for _, _, item in sorted(train_events.get(user, []))]
@@ -131,7 +131,7 @@ def _pad(rows: Sequence[Sequence[str]]) -> "Any":
     import numpy as np
 
     width = max((len(r) for r in rows), default=0)
-    out = np.full([len(rows), width], features.PAD, dtype=object)
+    out = np.full([len(rows), width], contract.PAD, dtype=object)
     for i, row in enumerate(rows):
         out[i, :len(row)] = list(row)
     return out
@@ -144,17 +144,17 @@ def recommend_all(model_dir: str, data: EvalData, k: int, batch_size: int = 256)
     import tensorflow_text  # noqa: F401  (registers the item-text tower's ops)
 
     loaded = tf.saved_model.load(model_dir)
-    signature = loaded.signatures[features.SERVING_DEFAULT]
+    signature = loaded.signatures[contract.SERVING_DEFAULT]
     rows = []
     for start in range(0, len(data.users), batch_size):
         end = start + batch_size
         result = signature(**{
-            features.USER_ID: tf.constant(np.asarray(data.users[start:end], dtype=object)),
-            features.HISTORY: tf.constant(_pad(data.histories[start:end]), tf.string),
-            features.INPUT_EXCLUDE: tf.constant(_pad(data.exclude[start:end]), tf.string),
-            features.INPUT_K: tf.constant(k, tf.int32),
+            contract.USER_ID: tf.constant(np.asarray(data.users[start:end], dtype=object)),
+            contract.HISTORY: tf.constant(_pad(data.histories[start:end]), tf.string),
+            contract.INPUT_EXCLUDE: tf.constant(_pad(data.exclude[start:end]), tf.string),
+            contract.INPUT_K: tf.constant(k, tf.int32),
         })
-        rows.append(result[features.OUTPUT_ITEM_IDS].numpy())
+        rows.append(result[contract.OUTPUT_ITEM_IDS].numpy())
     if not rows:
         return np.zeros([0, k], dtype=object)
     top = np.concatenate(rows).astype(object)

@@ -31,7 +31,7 @@ from tfx.utils import io_utils, path_utils
 
 from pipeline.components.gate_config import ServingCheckConfig  # noqa: F401  (re-exported)
 from pipeline.components.serving_ops import TF_TEXT_2_12_OPS
-from trainer import features
+from schema import contract
 
 RESULT_FILE = "serving_check.json"
 BLESSED_FILE = "INFRA_BLESSED"          # as tfx.components.infra_validator.executor
@@ -42,16 +42,16 @@ BLESSING_KEY = "blessing"
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serving_probe.py")
 
 EXPECTED_SIGNATURES = {
-    features.SERVING_DEFAULT: {
-        "inputs": [features.USER_ID, features.HISTORY, features.INPUT_EXCLUDE, features.INPUT_K],
-        "outputs": [features.OUTPUT_ITEM_IDS, features.OUTPUT_SCORES]},
-    features.SERVE_TF_EXAMPLES: {"inputs": ["examples"],
-                                 "outputs": [features.OUTPUT_ITEM_IDS, features.OUTPUT_SCORES]},
-    features.QUERY_EMBEDDING: {"inputs": [features.USER_ID, features.HISTORY],
-                               "outputs": [features.OUTPUT_EMBEDDING]},
-    features.CANDIDATE_EMBEDDING: {
-        "inputs": [features.ITEM_ID, features.TITLE, features.CATEGORIES, features.DESCRIPTION],
-        "outputs": [features.OUTPUT_EMBEDDING]},
+    contract.SERVING_DEFAULT: {
+        "inputs": [contract.USER_ID, contract.HISTORY, contract.INPUT_EXCLUDE, contract.INPUT_K],
+        "outputs": [contract.OUTPUT_ITEM_IDS, contract.OUTPUT_SCORES]},
+    contract.SERVE_TF_EXAMPLES: {"inputs": ["examples"],
+                                 "outputs": [contract.OUTPUT_ITEM_IDS, contract.OUTPUT_SCORES]},
+    contract.QUERY_EMBEDDING: {"inputs": [contract.USER_ID, contract.HISTORY],
+                               "outputs": [contract.OUTPUT_EMBEDDING]},
+    contract.CANDIDATE_EMBEDDING: {
+        "inputs": [contract.ITEM_ID, contract.TITLE, contract.CATEGORIES, contract.DESCRIPTION],
+        "outputs": [contract.OUTPUT_EMBEDDING]},
 }
 # Top-level packages of this project: none may be imported by the probe.
 PROJECT_PACKAGES = ["pipeline", "trainer", "encoder", "data", "serving", "benchmarks", "schema"]
@@ -68,10 +68,10 @@ def probe(model_dir: str, cfg: ServingCheckConfig) -> dict:
                 "expected_signatures": EXPECTED_SIGNATURES,
                 "latency_calls": cfg.latency_calls,
                 "latency_inputs": {
-                    features.USER_ID: [["serving-check-user"], "string"],
-                    features.HISTORY: [[[features.PAD]], "string"],
-                    features.INPUT_EXCLUDE: [[[features.PAD]], "string"],
-                    features.INPUT_K: [10, "int32"],
+                    contract.USER_ID: [["serving-check-user"], "string"],
+                    contract.HISTORY: [[[contract.PAD]], "string"],
+                    contract.INPUT_EXCLUDE: [[[contract.PAD]], "string"],
+                    contract.INPUT_K: [10, "int32"],
                 },
                 "project_packages": PROJECT_PACKAGES,
             }, f)

@@ -43,7 +43,7 @@ HISTORY_INDEX = "history_index"
 USER_VOCAB = "user_id"
 ITEM_VOCAB = "item_id"
 
-# Served signatures and their named inputs/outputs (see trainer/export.py).
+# Served signatures and their named inputs/outputs (see trainer/serving_model.py).
 SERVING_DEFAULT = "serving_default"
 SERVE_TF_EXAMPLES = "serve_tf_examples"
 QUERY_EMBEDDING = "query_embedding"

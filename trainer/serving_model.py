@@ -1,6 +1,6 @@
 """The served SavedModel: signatures TF Serving calls, with top-k over the whole catalogue.
 
-Signatures (names and shapes in `trainer/features.py`):
+Signatures (names and shapes in `schema/contract.py`):
   serving_default      user_id [B], history [B, H], exclude [B, E], k []  -> item_ids [B, k], scores [B, k]
   serve_tf_examples    examples [B] (serialized tf.Example: user_id, history) -> item_ids, scores (default_k)
   query_embedding      user_id [B], history [B, H]                        -> embedding [B, D]
@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from trainer import features
+from schema import contract
 from trainer.item_text import ItemTextEncoder, item_text
 from trainer.model import TwoTowerModel
 from trainer.model_config import ModelConfig
@@ -50,11 +50,11 @@ class RecommenderModule(tf.Module):
     def _query(self, user_id: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
         joined = tf.strings.reduce_join(history, axis=1, separator=" ")
         raw = {
-            features.USER_ID: tf.reshape(user_id, [-1, 1]),
-            features.HISTORY: tf.sparse.from_dense(tf.reshape(joined, [-1, 1])),
+            contract.USER_ID: tf.reshape(user_id, [-1, 1]),
+            contract.HISTORY: tf.sparse.from_dense(tf.reshape(joined, [-1, 1])),
         }
         transformed = self.tft_layer(raw)
-        return self.model.query_embedding(transformed[features.USER_INDEX], transformed[features.HISTORY_INDEX])
+        return self.model.query_embedding(transformed[contract.USER_INDEX], transformed[contract.HISTORY_INDEX])
 
     def _top_k(self, query: tf.Tensor, exclude: tf.Tensor, k: tf.Tensor) -> dict:
         tf.debugging.assert_greater_equal(k, 1, message="k must be at least 1")
@@ -68,44 +68,44 @@ class RecommenderModule(tf.Module):
         scores = tf.tensor_scatter_nd_update(
             scores, indices, tf.fill([tf.shape(indices)[0]], tf.constant(-np.inf, tf.float32)))
         top = tf.math.top_k(scores, k=tf.minimum(k, tf.shape(scores)[1]))
-        return {features.OUTPUT_ITEM_IDS: tf.gather(self.item_ids, top.indices),
-                features.OUTPUT_SCORES: top.values}
+        return {contract.OUTPUT_ITEM_IDS: tf.gather(self.item_ids, top.indices),
+                contract.OUTPUT_SCORES: top.values}
 
     # -- signatures ------------------------------------------------------------------------------
-    @tf.function(input_signature=[_STRING_VECTOR(features.USER_ID), _STRING_MATRIX(features.HISTORY),
-                                  _STRING_MATRIX(features.INPUT_EXCLUDE),
-                                  tf.TensorSpec([], tf.int32, name=features.INPUT_K)])
+    @tf.function(input_signature=[_STRING_VECTOR(contract.USER_ID), _STRING_MATRIX(contract.HISTORY),
+                                  _STRING_MATRIX(contract.INPUT_EXCLUDE),
+                                  tf.TensorSpec([], tf.int32, name=contract.INPUT_K)])
     def recommend(self, user_id, history, exclude, k):
         return self._top_k(self._query(user_id, history), exclude, k)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def recommend_tf_examples(self, examples):
         parsed = tf.io.parse_example(examples, {
-            features.USER_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
-            features.HISTORY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+            contract.USER_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
+            contract.HISTORY: tf.io.FixedLenFeature([], tf.string, default_value=""),
         })
-        history = tf.strings.split(parsed[features.HISTORY]).to_tensor(default_value=features.PAD)
+        history = tf.strings.split(parsed[contract.HISTORY]).to_tensor(default_value=contract.PAD)
         no_exclusions = tf.zeros([tf.shape(examples)[0], 0], tf.string)
-        return self._top_k(self._query(parsed[features.USER_ID], history), no_exclusions,
+        return self._top_k(self._query(parsed[contract.USER_ID], history), no_exclusions,
                            tf.constant(self.default_k))
 
-    @tf.function(input_signature=[_STRING_VECTOR(features.USER_ID), _STRING_MATRIX(features.HISTORY)])
+    @tf.function(input_signature=[_STRING_VECTOR(contract.USER_ID), _STRING_MATRIX(contract.HISTORY)])
     def embed_query(self, user_id, history):
-        return {features.OUTPUT_EMBEDDING: self._query(user_id, history)}
+        return {contract.OUTPUT_EMBEDDING: self._query(user_id, history)}
 
-    @tf.function(input_signature=[_STRING_VECTOR(features.ITEM_ID), _STRING_VECTOR(features.TITLE),
-                                  _STRING_VECTOR(features.CATEGORIES), _STRING_VECTOR(features.DESCRIPTION)])
+    @tf.function(input_signature=[_STRING_VECTOR(contract.ITEM_ID), _STRING_VECTOR(contract.TITLE),
+                                  _STRING_VECTOR(contract.CATEGORIES), _STRING_VECTOR(contract.DESCRIPTION)])
     def embed_candidate(self, item_id, title, categories, description):
         text_embedding = self.text_encoder(item_text(title, categories, description))
-        item_index = self.tft_layer({features.ITEM_ID: tf.reshape(item_id, [-1, 1])})[features.ITEM_INDEX]
-        return {features.OUTPUT_EMBEDDING: self.model.candidate_embedding(item_index, text_embedding)}
+        item_index = self.tft_layer({contract.ITEM_ID: tf.reshape(item_id, [-1, 1])})[contract.ITEM_INDEX]
+        return {contract.OUTPUT_EMBEDDING: self.model.candidate_embedding(item_index, text_embedding)}
 
     def signatures(self) -> dict:
         return {
-            features.SERVING_DEFAULT: self.recommend,
-            features.SERVE_TF_EXAMPLES: self.recommend_tf_examples,
-            features.QUERY_EMBEDDING: self.embed_query,
-            features.CANDIDATE_EMBEDDING: self.embed_candidate,
+            contract.SERVING_DEFAULT: self.recommend,
+            contract.SERVE_TF_EXAMPLES: self.recommend_tf_examples,
+            contract.QUERY_EMBEDDING: self.embed_query,
+            contract.CANDIDATE_EMBEDDING: self.embed_candidate,
         }
 
 
@@ -118,12 +118,12 @@ def write_warmup_requests(export_dir: str, model_name: str, user_ids: Sequence[s
     with tf.io.TFRecordWriter(path) as writer:
         for user_id in list(user_ids)[:100]:  # TF Serving reads at most 1000 records
             request = predict_pb2.PredictRequest(
-                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=features.SERVING_DEFAULT))
-            request.inputs[features.USER_ID].CopyFrom(tf.make_tensor_proto([user_id], tf.string))
-            request.inputs[features.HISTORY].CopyFrom(tf.make_tensor_proto(np.zeros([1, 0], object), tf.string))
-            request.inputs[features.INPUT_EXCLUDE].CopyFrom(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=contract.SERVING_DEFAULT))
+            request.inputs[contract.USER_ID].CopyFrom(tf.make_tensor_proto([user_id], tf.string))
+            request.inputs[contract.HISTORY].CopyFrom(tf.make_tensor_proto(np.zeros([1, 0], object), tf.string))
+            request.inputs[contract.INPUT_EXCLUDE].CopyFrom(
                 tf.make_tensor_proto(np.zeros([1, 0], object), tf.string))
-            request.inputs[features.INPUT_K].CopyFrom(tf.make_tensor_proto(k, tf.int32))
+            request.inputs[contract.INPUT_K].CopyFrom(tf.make_tensor_proto(k, tf.int32))
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
