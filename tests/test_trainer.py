@@ -153,3 +153,22 @@ def _encoder_training_run(tiny_encoder, train_encoder: bool):
 def test_encoder_is_frozen_by_default_and_fine_tuned_on_request(tiny_encoder):
     assert _encoder_training_run(tiny_encoder, train_encoder=False) == 0.0
     assert _encoder_training_run(tiny_encoder, train_encoder=True) > 0.0
+
+
+def test_model_loss_is_tfrs_retrieval_on_its_own_embeddings():
+    """compute_loss hands the config's temperature, the items' sampling probabilities (logQ) and their ids
+    (accidental hits) to the loss: the same number as `tfrs.tasks.Retrieval` on the model's embeddings."""
+    import tensorflow_recommenders as tfrs
+
+    model = _tiny_model()
+    rng = np.random.default_rng(3)
+    inputs = {contract.USER_INDEX: tf.constant(rng.integers(0, 5, size=16)),
+              contract.ITEM_INDEX: tf.constant(rng.integers(0, 8, size=16)),     # 16 rows, 8 items: repeats
+              contract.HISTORY_INDEX: tf.constant(rng.integers(-1, 8, size=[16, 4]))}
+    item_index = inputs[contract.ITEM_INDEX]
+    query = model.query_embedding(inputs[contract.USER_INDEX], inputs[contract.HISTORY_INDEX])
+    candidate = model.candidate_embedding(item_index, model.item_text_embedding(item_index))
+    task = tfrs.tasks.Retrieval(temperature=model.cfg.temperature, remove_accidental_hits=True)
+    expected = task(query, candidate, candidate_ids=item_index, compute_metrics=False,
+                    candidate_sampling_probability=tf.exp(tf.gather(model.item_log_probability, item_index)))
+    np.testing.assert_allclose(model.compute_loss(inputs).numpy(), expected.numpy(), rtol=1e-5)

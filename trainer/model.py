@@ -24,10 +24,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_recommenders as tfrs
 
 from schema import contract
 from trainer.model_config import ModelConfig
+from trainer.retrieval_task import in_batch_softmax_loss
 
 
 def compute_policy(cfg: ModelConfig):
@@ -42,8 +42,13 @@ def _mlp(cfg: ModelConfig, name: str) -> tf.keras.Sequential:
     return tf.keras.Sequential(layers, name=name)
 
 
-class TwoTowerModel(tfrs.Model):
-    """Retrieval model over index features (`user_index`, `item_index`, `history_index`)."""
+class TwoTowerModel(tf.keras.Model):
+    """Retrieval model over index features (`user_index`, `item_index`, `history_index`).
+
+    A plain Keras model with the `tfrs.Model` training interface: `compute_loss(inputs, training)`
+    and the `train_step` / `test_step` that call it (rewritten here without AutoGraph), which were
+    all `tfrs.Model` provides.
+    """
 
     def __init__(self, cfg: ModelConfig, num_users: int, num_items: int, text_table: np.ndarray,
                  item_counts: np.ndarray, text_encoder: Optional[tf.keras.layers.Layer] = None,
@@ -146,22 +151,6 @@ class TwoTowerModel(tfrs.Model):
         return tf.math.l2_normalize(tf.cast(vectors, tf.float32), axis=-1)
 
     # -- training --------------------------------------------------------------------------------
-    def in_batch_softmax_loss(self, query: tf.Tensor, candidate: tf.Tensor, item_index: tf.Tensor) -> tf.Tensor:
-        """Sum over the batch of the softmax cross-entropy of each query against all in-batch candidates.
-
-        Same computation as `tfrs.tasks.Retrieval` (scores / temperature, minus log sampling probability
-        with `logq_correction`, other rows of the positive's own item masked with `remove_accidental_hits`),
-        written without Python control flow on tensors so the step needs no AutoGraph and compiles with XLA.
-        """
-        scores = tf.matmul(query, candidate, transpose_b=True) / self.cfg.temperature      # float32 [B, B]
-        if self.cfg.logq_correction:
-            scores -= tf.gather(self.item_log_probability, item_index)[None, :]
-        labels = tf.eye(tf.shape(scores)[0], tf.shape(scores)[1])
-        if self.cfg.remove_accidental_hits:
-            same_item = tf.cast(tf.equal(item_index[:, None], item_index[None, :]), tf.float32)
-            scores += (same_item - labels) * scores.dtype.min
-        return tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=scores))
-
     # No data-dependent Python control flow below: skipping AutoGraph saves converting ~1,400 Keras/TF
     # library functions on the first trace (that took 20-60 s of the first epoch on 2 busy cores).
     @tf.autograph.experimental.do_not_convert
@@ -175,7 +164,10 @@ class TwoTowerModel(tfrs.Model):
         else:
             text_embedding = self.item_text_embedding(item_index)
         candidate = self.candidate_embedding(item_index, text_embedding, training)
-        return self.in_batch_softmax_loss(query, candidate, item_index)
+        log_probability = tf.gather(self.item_log_probability, item_index) if self.cfg.logq_correction else None
+        return in_batch_softmax_loss(query, candidate, temperature=self.cfg.temperature,
+                                     candidate_log_probability=log_probability,
+                                     candidate_ids=item_index if self.cfg.remove_accidental_hits else None)
 
     @tf.autograph.experimental.do_not_convert
     def train_step(self, inputs):
