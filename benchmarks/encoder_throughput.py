@@ -1,17 +1,16 @@
 """Encoder throughput: fixed 128-token padding vs `encode_texts` dynamic per-batch padding.
 
-    python -m benchmarks.encoder_throughput [--n 1000] [--items items.csv] [--model-dir models/minilm]
+    python -m benchmarks.encoder_throughput [--n 1000] [--items data/sample/items] [--model-dir models/minilm]
                                             [--batch-size 128] [--out benchmarks/results/encoder_throughput.json]
 
-Texts are item texts "Title (1999) Genre|Genre" (synthetic by default, or from a CSV with
-`title` and `categories` (or `genres`) columns). If --model-dir has no exported modules, the
+Texts are item texts: synthetic "Title (1999) Genre|Genre" by default, or a catalogue's texts
+built as the pipeline builds them (`--items`: item CSVs in the contract layout). If --model-dir has no exported modules, the
 MiniLM modules are exported there (or to a temporary folder) first. Model loading and one
 warm-up batch are excluded from the timings.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -24,8 +23,10 @@ from typing import List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from data.item_csv import read_items
 from encoder.export import build_hub_modules
 from encoder.text_embedding import TextEncoder, _cached_encoder, encode_texts
+from trainer.item_text import catalogue_texts
 
 GENRES = ["Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary",
           "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
@@ -45,11 +46,9 @@ def synthetic_texts(n: int, seed: int = 0) -> List[str]:
     return texts
 
 
-def csv_texts(path: str, n: Optional[int]) -> List[str]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    cat_col = "categories" if rows and "categories" in rows[0] else "genres"
-    texts = [f"{r['title']} {r.get(cat_col, '')}".strip() for r in rows]
+def catalogue_sample_texts(path: str, n: Optional[int]) -> List[str]:
+    """The first `n` item texts of a catalogue CSV (or folder of them), built as the pipeline builds them."""
+    texts = catalogue_texts(read_items(path))
     return texts[:n] if n else texts
 
 
@@ -66,7 +65,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1000, help="number of texts (default 1000)")
-    parser.add_argument("--items", help="CSV with title and categories (or genres) columns")
+    parser.add_argument("--items", help="item catalogue CSV, or a folder of them, in the contract layout "
+                                         "(e.g. data/sample/items); default: synthetic texts")
     parser.add_argument("--model-dir", help="folder with preprocess/ and encoder/ (exported "
                                             "there if missing; default: a temporary folder)")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -74,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", default="benchmarks/results/encoder_throughput.json")
     args = parser.parse_args(argv)
 
-    texts = csv_texts(args.items, args.n) if args.items else synthetic_texts(args.n)
+    texts = catalogue_sample_texts(args.items, args.n) if args.items else synthetic_texts(args.n)
     tmp = None
     model_dir = args.model_dir
     if model_dir is None:

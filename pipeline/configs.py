@@ -10,6 +10,7 @@ import json
 import os
 
 from pipeline.components.gate_config import EvaluationConfig, ServingCheckConfig
+from schema import contract
 from trainer.model_config import ModelConfig
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,8 +29,8 @@ MODEL_NAME = _env("MODEL_NAME", "tower_recs")
 
 # Data in the contract layout of `schema/contract.py` (see `data/prepare.py`).
 DATA_PATH = _abs(_env("DATA", "data/sample"))
-INTERACTIONS_PATH = os.path.join(DATA_PATH, "interactions")
-ITEMS_PATH = os.path.join(DATA_PATH, "items")
+INTERACTIONS_PATH = os.path.join(DATA_PATH, contract.INTERACTIONS_DIR)
+ITEMS_PATH = os.path.join(DATA_PATH, contract.ITEMS_DIR)
 
 OUTPUT_DIR = _abs(_env("OUTPUT_DIR", "outputs"))
 PIPELINE_ROOT = _env("PIPELINE_ROOT", os.path.join(OUTPUT_DIR, "pipeline_root", PIPELINE_NAME))

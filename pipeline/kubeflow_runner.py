@@ -43,6 +43,8 @@ import shlex
 import sys
 from typing import Any, Optional, Sequence
 
+from schema import contract
+
 DEFAULT_IMAGE = "tower-recs-pipeline:latest"
 DEFAULT_BUCKET = "gs://tower-recs"
 # Where the Dockerfile puts the project (WORKDIR, PYTHONPATH) and builds the encoder modules.
@@ -161,8 +163,8 @@ def resolve(settings: KubeflowSettings) -> dict[str, Any]:
     return dict(
         pipeline_name=name,
         pipeline_root=pipeline_root,
-        interactions_path=_join(data_root, "interactions"),
-        items_path=_join(data_root, "items"),
+        interactions_path=_join(data_root, contract.INTERACTIONS_DIR),
+        items_path=_join(data_root, contract.ITEMS_DIR),
         interactions_schema_path=_in_container(settings, configs.INTERACTIONS_SCHEMA),
         items_schema_path=_in_container(settings, configs.ITEMS_SCHEMA),
         # Pusher writes <serving_model_dir>/<model_name>/<version>/, the layout TF Serving watches.

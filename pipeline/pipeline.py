@@ -19,10 +19,11 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from pipeline.components.anomaly_gate import AnomalyGate
-from pipeline.components.catalog_trainer import ITEMS_SPLIT, CatalogTrainer
+from pipeline.components.catalog_trainer import CatalogTrainer
 from pipeline.components.gate_config import EvaluationConfig, ServingCheckConfig
 from pipeline.components.retrieval_evaluator import RetrievalEvaluator
 from pipeline.components.serving_check import ServingCheck
+from schema import contract
 from trainer.model_config import ModelConfig
 
 
@@ -32,8 +33,8 @@ def _interaction_example_gen(interactions_path: str) -> tfx.components.CsvExampl
     return tfx.components.CsvExampleGen(
         input_base=interactions_path,
         input_config=tfx.proto.Input(splits=[
-            tfx.proto.Input.Split(name="train", pattern="train/*"),
-            tfx.proto.Input.Split(name="eval", pattern="eval/*"),
+            tfx.proto.Input.Split(name=split, pattern=f"{split}/*")
+            for split in (contract.TRAIN_SPLIT, contract.EVAL_SPLIT)
         ]),
     ).with_id("InteractionExampleGen")
 
@@ -41,10 +42,10 @@ def _interaction_example_gen(interactions_path: str) -> tfx.components.CsvExampl
 def _item_example_gen(items_path: str) -> tfx.components.CsvExampleGen:
     return tfx.components.CsvExampleGen(
         input_base=items_path,
-        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name=ITEMS_SPLIT, pattern="*")]),
+        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name=contract.ITEMS_SPLIT, pattern="*")]),
         # One input split would otherwise be hashed into train/eval: the catalogue stays whole.
         output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(
-            splits=[tfx.proto.SplitConfig.Split(name=ITEMS_SPLIT, hash_buckets=1)])),
+            splits=[tfx.proto.SplitConfig.Split(name=contract.ITEMS_SPLIT, hash_buckets=1)])),
     ).with_id("ItemExampleGen")
 
 
@@ -73,8 +74,8 @@ def _stock_infra_validator(model, examples, backend: str, tf_serving_tag: str):
             tensorflow_serving=tfx.proto.TensorFlowServing(tags=[tf_serving_tag]), **platform),
         # serve_tf_examples takes serialized tf.Examples: the raw interactions carry user_id, history.
         request_spec=tfx.proto.RequestSpec(
-            tensorflow_serving=tfx.proto.TensorFlowServingRequestSpec(signature_names=["serve_tf_examples"]),
-            split_name="eval", num_examples=10),
+            tensorflow_serving=tfx.proto.TensorFlowServingRequestSpec(signature_names=[contract.SERVE_TF_EXAMPLES]),
+            split_name=contract.EVAL_SPLIT, num_examples=10),
         validation_spec=tfx.proto.ValidationSpec(max_loading_time_seconds=120, num_tries=3),
     )
 

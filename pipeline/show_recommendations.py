@@ -12,7 +12,9 @@ import csv
 import os
 import sys
 
+from data.item_csv import read_titles
 from pipeline import configs
+from schema import contract
 
 
 def latest_version_dir(model_base: str) -> str:
@@ -22,29 +24,20 @@ def latest_version_dir(model_base: str) -> str:
     return os.path.join(model_base, max(versions, key=int))
 
 
-def read_titles(items_dir: str) -> dict[str, str]:
-    titles = {}
-    for name in sorted(os.listdir(items_dir)):
-        if name.endswith(".csv"):
-            with open(os.path.join(items_dir, name), newline="", encoding="utf-8") as f:
-                titles.update({row["item_id"]: row["title"] for row in csv.DictReader(f)})
-    return titles
-
-
 def last_history(interactions_dir: str, user_id: str | None) -> tuple[str, list[str]]:
     """The user's most recent history row in the eval split (the first user if none is given)."""
-    path = os.path.join(interactions_dir, "eval")
+    path = os.path.join(interactions_dir, contract.EVAL_SPLIT)
     rows = []
     for name in sorted(os.listdir(path)):
         with open(os.path.join(path, name), newline="", encoding="utf-8") as f:
-            rows += [r for r in csv.DictReader(f) if user_id is None or r["user_id"] == user_id]
+            rows += [r for r in csv.DictReader(f) if user_id is None or r[contract.USER_ID] == user_id]
             if rows and user_id is None:
-                user_id = rows[0]["user_id"]
-                rows = [r for r in rows if r["user_id"] == user_id]
+                user_id = rows[0][contract.USER_ID]
+                rows = [r for r in rows if r[contract.USER_ID] == user_id]
     if not rows:
         return user_id or "", []
-    latest = max(rows, key=lambda r: int(r["timestamp"]))
-    return latest["user_id"], (latest.get("history") or "").split()
+    latest = max(rows, key=lambda r: int(r[contract.TIMESTAMP]))
+    return latest[contract.USER_ID], (latest.get(contract.HISTORY) or "").split()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,16 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow_text  # noqa: F401  (registers the TF Text ops the model's graph uses)
 
     version_dir = latest_version_dir(args.model_base)
-    user_id, history = last_history(os.path.join(args.data, "interactions"), args.user)
-    titles = read_titles(os.path.join(args.data, "items"))
-    recommend = tf.saved_model.load(version_dir).signatures["serving_default"]
-    result = recommend(user_id=tf.constant([user_id]), history=tf.constant([history or [""]]),
-                       exclude=tf.constant([history or [""]]), k=tf.constant(args.k))
+    user_id, history = last_history(os.path.join(args.data, contract.INTERACTIONS_DIR), args.user)
+    titles = read_titles(os.path.join(args.data, contract.ITEMS_DIR))
+    recommend = tf.saved_model.load(version_dir).signatures[contract.SERVING_DEFAULT]
+    padded = tf.constant([history or [contract.PAD]])
+    result = recommend(**{contract.USER_ID: tf.constant([user_id]), contract.HISTORY: padded,
+                          contract.INPUT_EXCLUDE: padded, contract.INPUT_K: tf.constant(args.k)})
     print(f"\nTop-{args.k} for user {user_id} from {version_dir} (history: {len(history)} items)")
-    for rank, (item, score) in enumerate(zip(result["item_ids"].numpy()[0], result["scores"].numpy()[0]), 1):
+    item_ids = result[contract.OUTPUT_ITEM_IDS].numpy()[0]
+    for rank, (item, score) in enumerate(zip(item_ids, result[contract.OUTPUT_SCORES].numpy()[0]), 1):
         item = item.decode()
         print(f"{rank:>3}  {item:<10} {float(score):7.3f}  {titles.get(item, '?')}")
-    return 0 if len(np.unique(result["item_ids"].numpy()[0])) == args.k else 1
+    return 0 if len(np.unique(item_ids)) == args.k else 1
 
 
 if __name__ == "__main__":

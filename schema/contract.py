@@ -30,6 +30,17 @@ DESCRIPTION = "description"
 
 INTERACTION_COLUMNS = (USER_ID, ITEM_ID, TIMESTAMP, RATING, HISTORY)
 ITEM_COLUMNS = (ITEM_ID, TITLE, CATEGORIES, DESCRIPTION)
+REQUIRED_INTERACTION_COLUMNS = (USER_ID, ITEM_ID, TIMESTAMP)
+REQUIRED_ITEM_COLUMNS = (ITEM_ID, TITLE)
+
+# A data directory (written by `data.prepare`): <dir>/interactions/{train,eval}/*.csv, <dir>/items/*.csv.
+INTERACTIONS_DIR = "interactions"
+ITEMS_DIR = "items"
+# ExampleGen splits: the interactions keep data.prepare's chronological train/eval folders as splits;
+# the catalogue is one split.
+TRAIN_SPLIT = "train"
+EVAL_SPLIT = "eval"
+ITEMS_SPLIT = "items"
 
 # Most recent items a query may carry; older ones are dropped.
 HISTORY_LENGTH = 20
@@ -51,8 +62,11 @@ CANDIDATE_EMBEDDING = "candidate_embedding"
 
 INPUT_K = "k"
 INPUT_EXCLUDE = "exclude"
+INPUT_EXAMPLES = "examples"        # serve_tf_examples: serialized tf.Examples
 OUTPUT_ITEM_IDS = "item_ids"
 OUTPUT_SCORES = "scores"
 OUTPUT_EMBEDDING = "embedding"
 # Pad value for fixed-width string inputs (history, exclude): ignored by the model.
 PAD = ""
+# TF Serving replays these PredictionLogs (TFRecord) from the version directory before serving it.
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"

@@ -164,8 +164,10 @@ def _decode_floats(t) -> list[list[float]]:
 
 
 def load_titles(path: str) -> dict[str, str]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return {row["item_id"]: row.get("title", "") for row in csv.DictReader(f)}
+    """`{item_id: title}` of the item catalogue CSV at `path` (a file or a directory of them)."""
+    from data.item_csv import read_titles
+
+    return read_titles(path)
 
 
 def _light_protos() -> None:

@@ -14,13 +14,8 @@ import pandas as pd
 import pytest
 
 import gate_pipeline_run as runs
-
-PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INTERACTIONS_SCHEMA = os.path.join(PROJECT_DIR, "schema", "interactions", "schema.pbtxt")
-ITEMS_SCHEMA = os.path.join(PROJECT_DIR, "schema", "items", "schema.pbtxt")
-TRAIN_CSV = os.path.join("interactions", "train", "interactions.csv")
-EVAL_CSV = os.path.join("interactions", "eval", "interactions.csv")
-ITEMS_CSV = os.path.join("items", "items.csv")
+from data.prepare import EVAL_FILE as EVAL_CSV, ITEMS_FILE as ITEMS_CSV, TRAIN_FILE as TRAIN_CSV
+from pipeline.configs import INTERACTIONS_SCHEMA, ITEMS_SCHEMA
 
 
 # -- the pipeline's validation, component by component (executors, no orchestration) --------------

@@ -23,8 +23,6 @@ from trainer.item_text import ItemTextEncoder, item_text
 from trainer.model import TwoTowerModel
 from trainer.model_config import ModelConfig
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-
 _STRING_VECTOR = lambda name: tf.TensorSpec([None], tf.string, name=name)  # noqa: E731
 _STRING_MATRIX = lambda name: tf.TensorSpec([None, None], tf.string, name=name)  # noqa: E731
 
@@ -78,7 +76,7 @@ class RecommenderModule(tf.Module):
     def recommend(self, user_id, history, exclude, k):
         return self._top_k(self._query(user_id, history), exclude, k)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.INPUT_EXAMPLES)])
     def recommend_tf_examples(self, examples):
         parsed = tf.io.parse_example(examples, {
             contract.USER_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
@@ -113,7 +111,7 @@ def write_warmup_requests(export_dir: str, model_name: str, user_ids: Sequence[s
     """TF Serving replays these PredictLogs at load time, before the version takes traffic."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-    path = os.path.join(export_dir, WARMUP_FILE)
+    path = os.path.join(export_dir, contract.WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
         for user_id in list(user_ids)[:100]:  # TF Serving reads at most 1000 records

@@ -13,6 +13,8 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
+from schema import contract
+
 _ANOMALIES_FILE = "SchemaDiff.pb"
 
 
@@ -82,9 +84,9 @@ def _is_utf8(value: bytes) -> bool:
         return False
 
 
-def check_examples(interactions, items, interaction_splits=("train", "eval"), item_split="items") -> "list[str]":
+def check_examples(interactions, items, interaction_splits=(contract.TRAIN_SPLIT, contract.EVAL_SPLIT),
+                   item_split=contract.ITEMS_SPLIT) -> "list[str]":
     """Referential integrity, duplicates and UTF-8 of the ExampleGen outputs, one line per problem."""
-    from schema import contract
 
     problems = []
     catalogue = _read_split(items, item_split, contract.ITEM_COLUMNS)

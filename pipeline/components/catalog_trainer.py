@@ -28,10 +28,10 @@ from tfx.proto import trainer_pb2
 from tfx.types import artifact_utils, component_spec, standard_artifacts, standard_component_specs
 from tfx.utils import json_utils
 
+from schema import contract
+
 ITEMS_KEY = "items"
 ITEM_FILES_KEY = "item_files"
-# ExampleGen split that holds the catalogue (see pipeline/pipeline.py).
-ITEMS_SPLIT = "items"
 
 
 class CatalogTrainerSpec(component_spec.ComponentSpec):
@@ -51,7 +51,7 @@ class CatalogTrainerExecutor(trainer_executor.GenericExecutor):
 
     def _GetFnArgs(self, input_dict, output_dict, exec_properties) -> fn_args_utils.FnArgs:
         fn_args = super()._GetFnArgs(input_dict, output_dict, exec_properties)
-        items_uri = artifact_utils.get_split_uri(input_dict[ITEMS_KEY], ITEMS_SPLIT)
+        items_uri = artifact_utils.get_split_uri(input_dict[ITEMS_KEY], contract.ITEMS_SPLIT)
         fn_args.custom_config = dict(fn_args.custom_config or {})
         fn_args.custom_config[ITEM_FILES_KEY] = os.path.join(items_uri, "*")
         return fn_args

@@ -55,10 +55,6 @@ CONFIG_KEY = "config"
 EVALUATION_KEY = "evaluation"
 BLESSING_KEY = "blessing"
 
-TRAIN_SPLIT = "train"
-EVAL_SPLIT = "eval"
-ITEMS_SPLIT = "items"
-
 
 # -- data ----------------------------------------------------------------------------------------
 def _split_files(artifact: types.Artifact, split: str) -> list[str]:
@@ -100,8 +96,8 @@ def load_eval_data(examples: types.Artifact, items: Optional[types.Artifact],
 
     columns = {contract.USER_ID: (tf.string, ""), contract.ITEM_ID: (tf.string, ""),
                contract.TIMESTAMP: (tf.int64, 0)}
-    train = read_columns(_split_files(examples, TRAIN_SPLIT), columns)
-    evals = read_columns(_split_files(examples, EVAL_SPLIT), columns)
+    train = read_columns(_split_files(examples, contract.TRAIN_SPLIT), columns)
+    evals = read_columns(_split_files(examples, contract.EVAL_SPLIT), columns)
     train_events: dict[str, list] = {}
     for i, (user, item, ts) in enumerate(zip(train[contract.USER_ID], train[contract.ITEM_ID],
                                              train[contract.TIMESTAMP])):
@@ -112,7 +108,7 @@ def load_eval_data(examples: types.Artifact, items: Optional[types.Artifact],
     train_items = set(train[contract.ITEM_ID])
     catalogue_size = 0
     if items is not None:
-        catalogue_size = len(set(read_columns(_split_files(items, ITEMS_SPLIT),
+        catalogue_size = len(set(read_columns(_split_files(items, contract.ITEMS_SPLIT),
                                               {contract.ITEM_ID: (tf.string, "")})[contract.ITEM_ID]))
     data = EvalData([], [], [], [], [], cold_items=set(evals[contract.ITEM_ID]) - train_items,
                     catalogue_size=catalogue_size)

@@ -45,7 +45,7 @@ EXPECTED_SIGNATURES = {
     contract.SERVING_DEFAULT: {
         "inputs": [contract.USER_ID, contract.HISTORY, contract.INPUT_EXCLUDE, contract.INPUT_K],
         "outputs": [contract.OUTPUT_ITEM_IDS, contract.OUTPUT_SCORES]},
-    contract.SERVE_TF_EXAMPLES: {"inputs": ["examples"],
+    contract.SERVE_TF_EXAMPLES: {"inputs": [contract.INPUT_EXAMPLES],
                                  "outputs": [contract.OUTPUT_ITEM_IDS, contract.OUTPUT_SCORES]},
     contract.QUERY_EMBEDDING: {"inputs": [contract.USER_ID, contract.HISTORY],
                                "outputs": [contract.OUTPUT_EMBEDDING]},
@@ -64,6 +64,7 @@ def probe(model_dir: str, cfg: ServingCheckConfig) -> dict:
         with open(request_path, "w", encoding="utf-8") as f:
             json.dump({
                 "model_dir": model_dir,
+                "warmup_file": contract.WARMUP_FILE,
                 "tf_text_ops": sorted(TF_TEXT_2_12_OPS),
                 "expected_signatures": EXPECTED_SIGNATURES,
                 "latency_calls": cfg.latency_calls,
@@ -100,7 +101,7 @@ def judge(result: dict, cfg: ServingCheckConfig) -> tuple[bool, list[str]]:
         reasons.append(f"FAIL warmup replay: {len(warmup['errors'])} of {warmup['records']} requests failed: "
                        f"{warmup['errors'][0]}")
     elif not warmup.get("file") and cfg.require_warmup:
-        reasons.append("FAIL no assets.extra/tf_serving_warmup_requests")
+        reasons.append(f"FAIL no {contract.WARMUP_FILE}")
     else:
         reasons.append(f"PASS warmup replay of {warmup.get('records', 0)} requests")
     latency = result.get("latency_ms")

@@ -9,7 +9,7 @@ file), and writes a JSON result:
                       + the given TF Text 2.12 list
   signatures          {name: {"inputs": [...], "outputs": [...]}} as loaded
   signature_problems  missing signatures / inputs / outputs vs. the expected ones
-  warmup              {"file": bool, "records": n, "errors": [...]} replaying assets.extra/tf_serving_warmup_requests
+  warmup              {"file": bool, "records": n, "errors": [...]} replaying the request's `warmup_file`
   latency_ms          {"p50": .., "p99": .., "mean": .., "calls": n} of serving_default at batch 1
   project_modules     project modules found in sys.modules (must be empty)
 """
@@ -86,7 +86,7 @@ def main(request_path, result_path):
 
     # Warmup replay, as TF Serving does at load time.
     warmup = {"file": False, "records": 0, "errors": []}
-    warmup_path = os.path.join(model_dir, "assets.extra", "tf_serving_warmup_requests")
+    warmup_path = os.path.join(model_dir, request["warmup_file"])
     if os.path.exists(warmup_path):
         from tensorflow_serving.apis import prediction_log_pb2
 
