@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 from benchmarks.training_throughput import measure_two_tower, synthetic_data
+from pipeline import overrides
 from trainer.model_config import ModelConfig
 from trainer.train import get_strategy
 
@@ -47,7 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     strategy = get_strategy()
     print(f"strategy: {type(strategy).__name__}, replicas in sync: {strategy.num_replicas_in_sync}")
 
-    cfg = ModelConfig()
+    cfg = overrides.from_env(ModelConfig(), "MODEL")   # the pipeline's config, TOWER_RECS_MODEL_* included
     if args.batch_size:
         cfg = dataclasses.replace(cfg, batch_size=args.batch_size)
     train, table = synthetic_data(args.examples)

@@ -16,8 +16,8 @@ test set: `cold` (relevant = the user's test interactions with cold items) and `
 Ranking is still over the full catalogue.
 
 EASE's lambda is tuned on a validation split of train (the same per-user chronological 80/20 of
-the train part). The two-tower models use `ModelConfig()` defaults, the config the pipeline trains;
-`--tune` reports the validation metric after every epoch (that is how the defaults were picked).
+the train part). The two-tower models use the config the pipeline trains: `ModelConfig()` with the
+same TOWER_RECS_MODEL_<FIELD> overrides (and `--set FIELD=VALUE`); `--tune` reports the validation metric after every epoch (that is how the defaults were picked).
 
 The two-tower models are trained by the project's trainer code (`trainer.train.train_model`) on
 index features built like `trainer.preprocessing.preprocessing_fn` builds them: vocabularies of
@@ -40,6 +40,7 @@ import pandas as pd
 
 from benchmarks.baselines import EASE, MostPopular, gram_matrix, interaction_matrix
 from data import prepare
+from pipeline import overrides
 from schema import contract
 from trainer.metrics import retrieval_metrics, top_k_excluding
 from trainer.model_config import ModelConfig
@@ -328,27 +329,20 @@ def plot_curves(results: dict, path: str, title: str) -> None:
 
 
 # -- main ----------------------------------------------------------------------------------------
-def parse_overrides(values: Sequence[str]) -> dict:
-    out = {}
-    for item in values:
-        key, _, raw = item.partition("=")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
+def model_config(args) -> ModelConfig:
+    """`ModelConfig()` with TOWER_RECS_MODEL_* overrides, then --quick, --preprocess/--encoder and --set."""
+    values = {"epochs": "2", "batch_size": "128", "jit_compile": "false", "steps_per_execution": "1"} \
+        if args.quick else {}
+    if args.preprocess:
+        values["preprocess_handle"] = args.preprocess
+    if args.encoder:
+        values["encoder_handle"] = args.encoder
+    values.update(overrides.parse_assignments(args.set))
+    return overrides.with_overrides(overrides.from_env(ModelConfig(), "MODEL"), values)
 
 
 def run_benchmark(args) -> dict:
-    cfg = ModelConfig()
-    overrides = parse_overrides(args.set)
-    if args.preprocess:
-        overrides["preprocess_handle"] = args.preprocess
-    if args.encoder:
-        overrides["encoder_handle"] = args.encoder
-    if args.quick:
-        overrides = {"epochs": 2, "batch_size": 128, "jit_compile": False, "steps_per_execution": 1, **overrides}
-    cfg = ModelConfig.from_dict({**cfg.to_dict(), **overrides})
+    cfg = model_config(args)
     os.makedirs(args.out, exist_ok=True)
 
     interactions, items = load_data(args.data, args.format, use_tags=args.use_tags)
@@ -480,8 +474,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS))
     parser.add_argument("--preprocess", default=None, help="TF Hub preprocessor (default: ModelConfig)")
     parser.add_argument("--encoder", default=None, help="TF Hub encoder (default: ModelConfig)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="ModelConfig override (JSON value), e.g. --set temperature=0.1")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="ModelConfig override, parsed as TOWER_RECS_MODEL_<FIELD> is (pipeline/overrides.py), "
+                             "e.g. --set temperature=0.1 --set hidden_dims=[256,128]")
     parser.add_argument("--tune", action="store_true",
                         help="train the BERT two-tower on the fit split and print validation metrics per epoch")
     parser.add_argument("--tag", default="run", help="name of the --tune output file")

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from pipeline import overrides
 from schema import contract
 from trainer.model_config import ModelConfig
 
@@ -116,7 +117,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="also measure without XLA / steps_per_execution and with other batch sizes")
     args = parser.parse_args(argv)
 
-    base = ModelConfig()
+    base = overrides.from_env(ModelConfig(), "MODEL")   # the pipeline's config, TOWER_RECS_MODEL_* included
     train, table = synthetic_data(args.examples)
     num_users, num_items = 610, table.shape[0] - 1
     print(f"devices: {[d.name for d in tf.config.list_logical_devices()]}, load {load_average():.1f}", flush=True)

@@ -1,42 +1,62 @@
 """Pipeline configuration: the one place paths, names and settings are defined.
 
-Every value can be overridden by an environment variable of the same name with
-the `TOWER_RECS_` prefix, because the `tfx` CLI runs the runner file without
-arguments (e.g. `TOWER_RECS_DATA=/data/ml make run`).
+The `tfx` CLI runs the runner file without arguments, so every value here is set from the
+environment (`pipeline/overrides.py`):
+
+  TOWER_RECS_<NAME>                  the settings below, e.g. `TOWER_RECS_DATA=/data/ml make run`
+  TOWER_RECS_MODEL_<FIELD>           any `ModelConfig` field, e.g. TOWER_RECS_MODEL_EPOCHS=2
+  TOWER_RECS_EVAL_<FIELD>            any `EvaluationConfig` field (RetrievalEvaluator)
+  TOWER_RECS_SERVING_CHECK_<FIELD>   any `ServingCheckConfig` field (ServingCheck)
+
+`pipeline_kwargs()` turns them into the arguments of `pipeline.create_pipeline`, for the local
+and the Kubeflow runner alike.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
+from typing import Any
 
 from pipeline.components.gate_config import EvaluationConfig, ServingCheckConfig
+from pipeline.overrides import env, from_env
 from schema import contract
 from trainer.model_config import ModelConfig
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"TOWER_RECS_{name}", default)
+
+def _reject_renamed() -> None:
+    """Settings that became config fields: their old names, still set, would be ignored without a word."""
+    renamed = {"EPOCHS": "MODEL_EPOCHS", "PREPROCESS_HANDLE": "MODEL_PREPROCESS_HANDLE",
+               "ENCODER_HANDLE": "MODEL_ENCODER_HANDLE", "SERVING_LATENCY_CALLS": "SERVING_CHECK_LATENCY_CALLS",
+               "SERVING_MAX_P99_MS": "SERVING_CHECK_MAX_P99_MS"}
+    for old, new in renamed.items():
+        if env(old) is not None:
+            raise ValueError(f"TOWER_RECS_{old} is now TOWER_RECS_{new}")
 
 
 def _abs(path: str) -> str:
     return path if "://" in path else os.path.abspath(os.path.join(PROJECT_DIR, path))
 
 
-PIPELINE_NAME = _env("PIPELINE_NAME", "tower-recs")
-MODEL_NAME = _env("MODEL_NAME", "tower_recs")
+_reject_renamed()
+PIPELINE_NAME = env("PIPELINE_NAME", "tower-recs")
+# The served model's name (TF Serving's model_name): a pipeline setting, not a ModelConfig field.
+MODEL_NAME = env("MODEL_NAME", "tower_recs")
 
 # Data in the contract layout of `schema/contract.py` (see `data/prepare.py`).
-DATA_PATH = _abs(_env("DATA", "data/sample"))
+DATA_PATH = _abs(env("DATA", "data/sample"))
 INTERACTIONS_PATH = os.path.join(DATA_PATH, contract.INTERACTIONS_DIR)
 ITEMS_PATH = os.path.join(DATA_PATH, contract.ITEMS_DIR)
 
-OUTPUT_DIR = _abs(_env("OUTPUT_DIR", "outputs"))
-PIPELINE_ROOT = _env("PIPELINE_ROOT", os.path.join(OUTPUT_DIR, "pipeline_root", PIPELINE_NAME))
-METADATA_PATH = _env("METADATA_PATH", os.path.join(OUTPUT_DIR, "metadata", PIPELINE_NAME, "metadata.db"))
+OUTPUT_DIR = _abs(env("OUTPUT_DIR", "outputs"))
+PIPELINE_ROOT = env("PIPELINE_ROOT", os.path.join(OUTPUT_DIR, "pipeline_root", PIPELINE_NAME))
+METADATA_PATH = env("METADATA_PATH", os.path.join(OUTPUT_DIR, "metadata", PIPELINE_NAME, "metadata.db"))
 # Pusher writes <SERVING_MODEL_DIR>/<MODEL_NAME>/<version>/, the layout TF Serving watches.
-SERVING_MODEL_DIR = _abs(_env("SERVING_MODEL_DIR", os.path.join(OUTPUT_DIR, "serving_model")))
+SERVING_MODEL_DIR = _abs(env("SERVING_MODEL_DIR", os.path.join(OUTPUT_DIR, "serving_model")))
+# Run reports: <REPORTS_DIR>/latest.html (+ latest.json); each run's report is also an artifact.
+REPORTS_DIR = _abs(env("REPORTS_DIR", os.path.join(OUTPUT_DIR, "reports")))
 
 INTERACTIONS_SCHEMA = os.path.join(PROJECT_DIR, "schema", "interactions", "schema.pbtxt")
 ITEMS_SCHEMA = os.path.join(PROJECT_DIR, "schema", "items", "schema.pbtxt")
@@ -45,37 +65,56 @@ ITEMS_SCHEMA = os.path.join(PROJECT_DIR, "schema", "items", "schema.pbtxt")
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 RUN_FN = "trainer.run_fn.run_fn"
 
-TRAIN_STEPS = int(_env("TRAIN_STEPS", "0"))   # 0: train for ModelConfig.epochs
-EVAL_STEPS = int(_env("EVAL_STEPS", "0"))
+# The Trainer's TrainArgs / EvalArgs num_steps (0: ModelConfig.epochs over the data). EVAL_STEPS is
+# a pipeline setting, not an EvaluationConfig field.
+TRAIN_STEPS = int(env("TRAIN_STEPS", "0"))
+EVAL_STEPS = int(env("EVAL_STEPS", "0"))
 
-MODEL_CONFIG = ModelConfig(
-    preprocess_handle=_abs(_env("PREPROCESS_HANDLE", "models/minilm/preprocess")),
-    encoder_handle=_abs(_env("ENCODER_HANDLE", "models/minilm/encoder")),
-    epochs=int(_env("EPOCHS", str(ModelConfig.epochs))),
-)
+# Every hyperparameter: ModelConfig's defaults, TOWER_RECS_MODEL_<FIELD> overrides; TF Hub handles
+# that are local paths are taken relative to the project.
+_model = from_env(ModelConfig(), "MODEL", not_fields=("NAME",))
+MODEL_CONFIG = dataclasses.replace(_model, preprocess_handle=_abs(_model.preprocess_handle),
+                                   encoder_handle=_abs(_model.encoder_handle))
 
 # Beam runs in-process by default; on a cluster pass e.g. --runner=DataflowRunner.
-BEAM_PIPELINE_ARGS = _env("BEAM_PIPELINE_ARGS", "--direct_running_mode=in_memory --direct_num_workers=1").split()
+BEAM_PIPELINE_ARGS = env("BEAM_PIPELINE_ARGS", "--direct_running_mode=in_memory --direct_num_workers=1").split()
 
 # -- Gates before Pusher (pipeline/components/retrieval_evaluator.py, serving_check.py) ------------
-# RetrievalEvaluator: full-catalogue Recall/NDCG@K; absolute minimums, and the candidate may be at most
-# EVAL_MAX_RELATIVE_DROP worse than the latest blessed model on EVAL_BASELINE_METRIC.
-EVAL_KS = tuple(int(k) for k in _env("EVAL_KS", "10,50,100").split(","))
-EVAL_THRESHOLDS = json.loads(_env("EVAL_THRESHOLDS", '{"recall@50": 0.05}'))
-EVAL_BASELINE_METRIC = _env("EVAL_BASELINE_METRIC", "recall@50")
-EVAL_MAX_RELATIVE_DROP = float(_env("EVAL_MAX_RELATIVE_DROP", "0.05"))
-EVALUATION_CONFIG = EvaluationConfig(ks=EVAL_KS, thresholds=EVAL_THRESHOLDS, baseline_metric=EVAL_BASELINE_METRIC,
-                                     max_relative_drop=EVAL_MAX_RELATIVE_DROP)
-
+# RetrievalEvaluator: full-catalogue Recall/NDCG@K against absolute minimums and the latest blessed model.
+EVALUATION_CONFIG = from_env(EvaluationConfig(), "EVAL", not_fields=("STEPS",))
 # ServingCheck: loads the model in a TF + TF Text only process (ops, signatures, warmup, latency).
-SERVING_CHECK_CONFIG = ServingCheckConfig(
-    latency_calls=int(_env("SERVING_LATENCY_CALLS", "50")),
-    max_p99_ms=float(_env("SERVING_MAX_P99_MS", "1000")),
-)
+SERVING_CHECK_CONFIG = from_env(ServingCheckConfig(), "SERVING_CHECK")
 # "" (default): ServingCheck. "docker" / "kubernetes": TFX's stock InfraValidator starting
 # tensorflow/serving:<TF_SERVING_TAG> (needs a Docker engine or a cluster; not available here).
-INFRA_VALIDATOR = _env("INFRA_VALIDATOR", "")
-TF_SERVING_TAG = _env("TF_SERVING_TAG", "2.16.1")
+INFRA_VALIDATOR = env("INFRA_VALIDATOR", "")
+TF_SERVING_TAG = env("TF_SERVING_TAG", "2.16.1")
 
-# Run reports: <OUTPUT_DIR>/reports/latest.html (+ latest.json); each run's report is also an artifact.
-REPORTS_DIR = _abs(_env("REPORTS_DIR", os.path.join(OUTPUT_DIR, "reports")))
+
+def pipeline_kwargs() -> dict[str, Any]:
+    """The arguments of `pipeline.create_pipeline(...)` these settings give, for a local run.
+
+    The local runner adds its SQLite metadata config; the Kubeflow runner replaces the paths
+    with bucket URIs and paths inside its image.
+
+        pipeline = create_pipeline(**pipeline_kwargs(), metadata_connection_config=...)
+    """
+    return dict(
+        pipeline_name=PIPELINE_NAME,
+        pipeline_root=PIPELINE_ROOT,
+        interactions_path=INTERACTIONS_PATH,
+        items_path=ITEMS_PATH,
+        interactions_schema_path=INTERACTIONS_SCHEMA,
+        items_schema_path=ITEMS_SCHEMA,
+        serving_model_dir=os.path.join(SERVING_MODEL_DIR, MODEL_NAME),
+        preprocessing_fn=PREPROCESSING_FN,
+        run_fn=RUN_FN,
+        model_config=MODEL_CONFIG,
+        train_steps=TRAIN_STEPS,
+        eval_steps=EVAL_STEPS,
+        beam_pipeline_args=list(BEAM_PIPELINE_ARGS),
+        evaluation_config=EVALUATION_CONFIG,
+        serving_check_config=SERVING_CHECK_CONFIG,
+        infra_validator=INFRA_VALIDATOR,
+        tf_serving_tag=TF_SERVING_TAG,
+        report_dir=REPORTS_DIR,
+    )

@@ -29,8 +29,9 @@ Defaults come from the environment, so `make kubeflow` needs no code edits:
     TOWER_RECS_KFP_DATA                  --data_root          ({bucket}/data)
     TOWER_RECS_KFP_SERVING_MODEL_DIR     --serving_model_dir  ({bucket}/serving_model)
     TOWER_RECS_KFP_BEAM_PIPELINE_ARGS    --beam_pipeline_args (else configs.BEAM_PIPELINE_ARGS)
-    TOWER_RECS_PIPELINE_NAME, TOWER_RECS_MODEL_NAME, TOWER_RECS_EPOCHS, TOWER_RECS_TRAIN_STEPS,
-    TOWER_RECS_EVAL_STEPS                (read by pipeline/configs.py)
+    TOWER_RECS_PIPELINE_NAME, TOWER_RECS_MODEL_NAME, TOWER_RECS_TRAIN_STEPS, TOWER_RECS_EVAL_STEPS,
+    TOWER_RECS_MODEL_<FIELD>, TOWER_RECS_EVAL_<FIELD>, TOWER_RECS_SERVING_CHECK_<FIELD>
+                                         (read by pipeline/configs.py; see pipeline/overrides.py)
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ import shlex
 import sys
 from typing import Any, Optional, Sequence
 
+from pipeline import configs, overrides
 from schema import contract
 
 DEFAULT_IMAGE = "tower-recs-pipeline:latest"
@@ -55,10 +57,6 @@ _URI_SCHEMES = ("gs://", "s3://", "hdfs://")
 _KFP_PACKAGE_SUFFIXES = (".yaml", ".yml")
 SPEC_VERSIONS = ("2.0", "2.1")
 DEFAULT_SPEC_VERSION = "2.1"
-
-
-def _env(name: str, default: Optional[str] = None) -> Optional[str]:
-    return os.environ.get(f"TOWER_RECS_{name}", default)
 
 
 @dataclasses.dataclass
@@ -88,13 +86,13 @@ class KubeflowSettings:
 
     @classmethod
     def from_env(cls) -> "KubeflowSettings":
-        beam = _env("KFP_BEAM_PIPELINE_ARGS")
+        beam = overrides.env("KFP_BEAM_PIPELINE_ARGS")
         return cls(
-            image=_env("IMAGE", DEFAULT_IMAGE),
-            bucket=_env("BUCKET", DEFAULT_BUCKET),
-            pipeline_root=_env("KFP_PIPELINE_ROOT"),
-            data_root=_env("KFP_DATA"),
-            serving_model_dir=_env("KFP_SERVING_MODEL_DIR"),
+            image=overrides.env("IMAGE", DEFAULT_IMAGE),
+            bucket=overrides.env("BUCKET", DEFAULT_BUCKET),
+            pipeline_root=overrides.env("KFP_PIPELINE_ROOT"),
+            data_root=overrides.env("KFP_DATA"),
+            serving_model_dir=overrides.env("KFP_SERVING_MODEL_DIR"),
             beam_pipeline_args=shlex.split(beam) if beam is not None else None,
         )
 
@@ -106,8 +104,6 @@ def _join(base: str, *parts: str) -> str:
 
 def _in_container(settings: KubeflowSettings, local_path: str) -> str:
     """Maps a path inside this checkout to the same file in the pipeline image."""
-    from pipeline import configs
-
     if "://" in local_path:
         return local_path
     rel = os.path.relpath(local_path, configs.PROJECT_DIR)
@@ -132,9 +128,9 @@ def _check_uri(flag: str, value: str, allow_local: bool) -> None:
 
 
 def resolve(settings: KubeflowSettings) -> dict[str, Any]:
-    """The kwargs of `create_pipeline(...)` for a cluster run (no metadata config: KFP manages it)."""
-    from pipeline import configs
-
+    """The kwargs of `create_pipeline(...)` for a cluster run: `configs.pipeline_kwargs()` with bucket
+    URIs and paths inside the image (no metadata config: KFP manages it)."""
+    kwargs = configs.pipeline_kwargs()
     name = settings.pipeline_name or configs.PIPELINE_NAME
     model_name = settings.model_name or configs.MODEL_NAME
     pipeline_root = settings.pipeline_root or _join(settings.bucket, "pipeline_root", name)
@@ -147,37 +143,38 @@ def resolve(settings: KubeflowSettings) -> dict[str, Any]:
     encoder_dir = _join(settings.container_project_dir, ENCODER_DIR)
 
     def handle(flag_value: Optional[str], configured: str, name: str) -> str:
-        # A flag wins; a URI from configs (TOWER_RECS_*_HANDLE) is kept; a local path becomes the
+        # A flag wins; a URI from configs (TOWER_RECS_MODEL_*_HANDLE) is kept; a local path becomes the
         # module the Dockerfile builds in the image.
         if flag_value:
             return flag_value
         return configured if "://" in configured else _join(encoder_dir, name)
 
+    model_config = kwargs["model_config"]
     model_config = dataclasses.replace(
-        configs.MODEL_CONFIG,
-        preprocess_handle=handle(settings.preprocess_handle, configs.MODEL_CONFIG.preprocess_handle, "preprocess"),
-        encoder_handle=handle(settings.encoder_handle, configs.MODEL_CONFIG.encoder_handle, "encoder"),
-        epochs=configs.MODEL_CONFIG.epochs if settings.epochs is None else settings.epochs,
+        model_config,
+        preprocess_handle=handle(settings.preprocess_handle, model_config.preprocess_handle, "preprocess"),
+        encoder_handle=handle(settings.encoder_handle, model_config.encoder_handle, "encoder"),
+        epochs=model_config.epochs if settings.epochs is None else settings.epochs,
     )
-    beam_args = configs.BEAM_PIPELINE_ARGS if settings.beam_pipeline_args is None else settings.beam_pipeline_args
-    return dict(
+    kwargs.update(
         pipeline_name=name,
         pipeline_root=pipeline_root,
         interactions_path=_join(data_root, contract.INTERACTIONS_DIR),
         items_path=_join(data_root, contract.ITEMS_DIR),
-        interactions_schema_path=_in_container(settings, configs.INTERACTIONS_SCHEMA),
-        items_schema_path=_in_container(settings, configs.ITEMS_SCHEMA),
+        interactions_schema_path=_in_container(settings, kwargs["interactions_schema_path"]),
+        items_schema_path=_in_container(settings, kwargs["items_schema_path"]),
         # Pusher writes <serving_model_dir>/<model_name>/<version>/, the layout TF Serving watches.
         serving_model_dir=_join(serving_model_dir, model_name),
-        preprocessing_fn=configs.PREPROCESSING_FN,
-        run_fn=configs.RUN_FN,
         model_config=model_config,
-        train_steps=configs.TRAIN_STEPS if settings.train_steps is None else settings.train_steps,
-        eval_steps=configs.EVAL_STEPS if settings.eval_steps is None else settings.eval_steps,
+        train_steps=kwargs["train_steps"] if settings.train_steps is None else settings.train_steps,
+        eval_steps=kwargs["eval_steps"] if settings.eval_steps is None else settings.eval_steps,
         metadata_connection_config=None,
-        beam_pipeline_args=list(beam_args),
+        beam_pipeline_args=list(kwargs["beam_pipeline_args"] if settings.beam_pipeline_args is None
+                                else settings.beam_pipeline_args),
         enable_cache=settings.enable_cache,
+        report_dir=_join(pipeline_root, "reports"),
     )
+    return kwargs
 
 
 def build(settings: Optional[KubeflowSettings] = None):
@@ -306,7 +303,7 @@ def make_parser() -> argparse.ArgumentParser:
                            "Args after a bare '--' are appended to this flag's args, or replace the default")
     trainer = p.add_argument_group("trainer")
     trainer.add_argument("--epochs", type=int, default=None,
-                         help="ModelConfig.epochs: default configs.MODEL_CONFIG.epochs [env TOWER_RECS_EPOCHS]")
+                         help="ModelConfig.epochs: default configs.MODEL_CONFIG.epochs [env TOWER_RECS_MODEL_EPOCHS]")
     trainer.add_argument("--train_steps", type=int, default=None,
                          help="TrainArgs.num_steps, 0 = epochs over the data: default configs.TRAIN_STEPS "
                               "[env TOWER_RECS_TRAIN_STEPS]")
@@ -314,10 +311,10 @@ def make_parser() -> argparse.ArgumentParser:
                          help="EvalArgs.num_steps: default configs.EVAL_STEPS [env TOWER_RECS_EVAL_STEPS]")
     trainer.add_argument("--preprocess_handle", default=None,
                          help="TF Hub preprocessing module (default {container_project_dir}/models/minilm/preprocess, "
-                              "or a URI in TOWER_RECS_PREPROCESS_HANDLE)")
+                              "or a URI in TOWER_RECS_MODEL_PREPROCESS_HANDLE)")
     trainer.add_argument("--encoder_handle", default=None,
                          help="TF Hub encoder module (default {container_project_dir}/models/minilm/encoder, "
-                              "or a URI in TOWER_RECS_ENCODER_HANDLE)")
+                              "or a URI in TOWER_RECS_MODEL_ENCODER_HANDLE)")
     return p
 
 

@@ -16,22 +16,9 @@ def build():
     from pipeline.pipeline import create_pipeline
 
     return create_pipeline(
-        pipeline_name=configs.PIPELINE_NAME,
-        pipeline_root=configs.PIPELINE_ROOT,
-        interactions_path=configs.INTERACTIONS_PATH,
-        items_path=configs.ITEMS_PATH,
-        interactions_schema_path=configs.INTERACTIONS_SCHEMA,
-        items_schema_path=configs.ITEMS_SCHEMA,
-        serving_model_dir=os.path.join(configs.SERVING_MODEL_DIR, configs.MODEL_NAME),
-        preprocessing_fn=configs.PREPROCESSING_FN,
-        run_fn=configs.RUN_FN,
-        model_config=configs.MODEL_CONFIG,
-        train_steps=configs.TRAIN_STEPS,
-        eval_steps=configs.EVAL_STEPS,
+        **configs.pipeline_kwargs(),
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            configs.METADATA_PATH),
-        beam_pipeline_args=configs.BEAM_PIPELINE_ARGS,
-    )
+            configs.METADATA_PATH))
 
 
 def run() -> None:

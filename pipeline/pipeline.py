@@ -12,7 +12,6 @@ Pusher pushes only a model that both the evaluator and the serving check blessed
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 from ml_metadata.proto import metadata_store_pb2
@@ -61,6 +60,8 @@ def _validated(examples, schema_path: str, name: str):
 
 def _stock_infra_validator(model, examples, backend: str, tf_serving_tag: str):
     """TFX's InfraValidator with the stock tensorflow/serving image (needs Docker or Kubernetes)."""
+    if not tf_serving_tag:
+        raise ValueError(f"infra_validator={backend!r} needs the tensorflow/serving image tag (tf_serving_tag)")
     if backend == "docker":
         platform = {"local_docker": tfx.proto.LocalDockerConfig()}
     elif backend == "kubernetes":
@@ -98,27 +99,35 @@ def create_pipeline(
     enable_cache: bool = True,
     evaluation_config: Optional[EvaluationConfig] = None,
     serving_check_config: Optional[ServingCheckConfig] = None,
-    infra_validator: Optional[str] = None,
-    tf_serving_tag: Optional[str] = None,
-    report_dir: Optional[str] = None,
+    infra_validator: str = "",
+    tf_serving_tag: str = "",
+    report_dir: str = "",
 ) -> tfx.dsl.Pipeline:
-    """Builds the pipeline; `serving_model_dir` is `<base>/<model_name>` (TF Serving's layout).
+    """Builds the pipeline; the runners pass `**pipeline.configs.pipeline_kwargs()` (overridden).
 
-    Gates (defaults from `pipeline/configs.py`): `evaluation_config` (RetrievalEvaluator),
-    `serving_check_config` (ServingCheck), `infra_validator` "docker"/"kubernetes" to use TFX's stock
-    InfraValidator with tensorflow/serving:`tf_serving_tag` instead of ServingCheck, `report_dir`
-    where `latest.html` of the RunReport goes ("" for none).
+    Args:
+      pipeline_name, pipeline_root: TFX's; artifacts go under `pipeline_root`.
+      interactions_path, items_path: folders of the contract layout (`schema/contract.py`).
+      interactions_schema_path, items_schema_path: the curated schemas (`schema/*/schema.pbtxt`).
+      serving_model_dir: `<base>/<model_name>`; Pusher writes `<version>/` below it (TF Serving's layout).
+      preprocessing_fn, run_fn: dotted paths of the Transform and Trainer entry points.
+      model_config: every hyperparameter; passed to `run_fn` as `custom_config["model"]`.
+      train_steps, eval_steps: the Trainer's TrainArgs / EvalArgs (0: `model_config.epochs`).
+      metadata_connection_config: ML Metadata (None on Kubeflow, which manages it).
+      beam_pipeline_args, enable_cache: TFX's.
+      evaluation_config, serving_check_config: the gates (default: the dataclasses' defaults).
+      infra_validator: "docker" / "kubernetes" run TFX's stock InfraValidator with
+        tensorflow/serving:`tf_serving_tag` instead of ServingCheck.
+      report_dir: where the RunReport copies `latest.html` ("" for nowhere).
+
+    Returns:
+      The `tfx.dsl.Pipeline`: ExampleGens, validation, AnomalyGate, Transform, CatalogTrainer,
+      RetrievalEvaluator, ServingCheck (or InfraValidator), Pusher and RunReport.
     """
-    from pipeline import configs
     from pipeline.report import RunReport
 
-    evaluation_config = evaluation_config or configs.EVALUATION_CONFIG
-    serving_check_config = serving_check_config or configs.SERVING_CHECK_CONFIG
-    infra_validator = configs.INFRA_VALIDATOR if infra_validator is None else infra_validator
-    tf_serving_tag = tf_serving_tag or configs.TF_SERVING_TAG
-    if report_dir is None:
-        report_dir = configs.REPORTS_DIR if pipeline_root == configs.PIPELINE_ROOT else \
-            os.path.join(pipeline_root, "reports")
+    evaluation_config = evaluation_config or EvaluationConfig()
+    serving_check_config = serving_check_config or ServingCheckConfig()
     interaction_gen = _interaction_example_gen(interactions_path)
     item_gen = _item_example_gen(items_path)
     i_stats, i_schema, i_validator = _validated(interaction_gen.outputs["examples"], interactions_schema_path,

@@ -50,9 +50,9 @@ def cli_pipeline_run(tmp_path_factory, tiny_data, tiny_encoder) -> dict:
         TOWER_RECS_PIPELINE_NAME="tower-recs-e2e",
         TOWER_RECS_DATA=tiny_data,
         TOWER_RECS_OUTPUT_DIR=str(out),
-        TOWER_RECS_PREPROCESS_HANDLE=tiny_encoder[0],
-        TOWER_RECS_ENCODER_HANDLE=tiny_encoder[1],
-        TOWER_RECS_EPOCHS="2",
+        TOWER_RECS_MODEL_PREPROCESS_HANDLE=tiny_encoder[0],
+        TOWER_RECS_MODEL_ENCODER_HANDLE=tiny_encoder[1],
+        TOWER_RECS_MODEL_EPOCHS="2",
     )
     tfx = os.path.join(os.path.dirname(sys.executable), "tfx")
     runner = os.path.join(PROJECT_DIR, "pipeline", "local_runner.py")

@@ -21,10 +21,10 @@ def env_for(run, data_dir=None, **extra):
     env.update({
         "TOWER_RECS_DATA": data_dir or run["data"],
         "TOWER_RECS_OUTPUT_DIR": run["output"],
-        "TOWER_RECS_PREPROCESS_HANDLE": run["encoder"][0],
-        "TOWER_RECS_ENCODER_HANDLE": run["encoder"][1],
-        "TOWER_RECS_EPOCHS": "1",
-        "TOWER_RECS_SERVING_LATENCY_CALLS": "20",
+        "TOWER_RECS_MODEL_PREPROCESS_HANDLE": run["encoder"][0],
+        "TOWER_RECS_MODEL_ENCODER_HANDLE": run["encoder"][1],
+        "TOWER_RECS_MODEL_EPOCHS": "1",
+        "TOWER_RECS_SERVING_CHECK_LATENCY_CALLS": "20",
     })
     env.update({f"TOWER_RECS_{k}": str(v) for k, v in extra.items()})
     return env

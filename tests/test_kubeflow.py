@@ -39,6 +39,9 @@ PIPELINE_ROOT = "gs://test-bucket/pipeline_root/tower-recs"
 BEAM_ARGS = ["--runner=DataflowRunner", "--project=my-project", "--region=europe-west1",
              "--temp_location=gs://test-bucket/tmp"]
 TFX_ENTRYPOINT = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+# The pipeline's override mechanism (pipeline/overrides.py) reaches the compiled components' parameters.
+CONFIG_OVERRIDES = {"TOWER_RECS_MODEL_TEMPERATURE": "0.05", "TOWER_RECS_EVAL_KS": "[10, 50]",
+                    "TOWER_RECS_SERVING_CHECK_LATENCY_CALLS": "7"}
 
 
 def _cli_args(output: Path) -> list[str]:
@@ -54,6 +57,7 @@ def _subprocess_env(tmp: Path | None = None) -> dict[str, str]:
         env.pop(name, None)
     if tmp is not None:  # the local runner's outputs and data (configs.py reads them at import)
         env.update(TOWER_RECS_OUTPUT_DIR=str(tmp / "outputs"), TOWER_RECS_DATA=str(tmp / "data"))
+        env.update(CONFIG_OVERRIDES)
     return env
 
 
@@ -221,6 +225,14 @@ def test_compile_cli(compiled):
     model = json.loads(params["custom_config"]["runtimeValue"]["constant"])["model"]
     assert model["epochs"] == 2
     assert model["encoder_handle"] == "/pipeline/models/minilm/encoder"
+    assert model["temperature"] == 0.05                                   # TOWER_RECS_MODEL_TEMPERATURE
+
+    def config_of(task):
+        return json.loads(job["pipelineSpec"]["root"]["dag"]["tasks"][task]["inputs"]["parameters"]["config"]
+                          ["runtimeValue"]["constant"])
+
+    assert config_of("RetrievalEvaluator")["ks"] == [10, 50]              # TOWER_RECS_EVAL_KS
+    assert config_of("ServingCheck")["latency_calls"] == 7                # TOWER_RECS_SERVING_CHECK_LATENCY_CALLS
 
 
 def test_runner_pipeline_settings(compiled):

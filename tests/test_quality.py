@@ -1,4 +1,5 @@
 """The quality benchmark: baselines on hand-made cases, its splits' leakage, and a tiny end-to-end run."""
+import argparse
 import json
 import os
 
@@ -80,3 +81,14 @@ def test_quick_benchmark_end_to_end(tiny_data, tiny_encoder, tmp_path):
     cold = report["results"]["cold"]
     assert cold["TwoTower-ID"]["users"] > 0
     assert any(name.startswith("text_embeddings_") for name in os.listdir(out))   # cached for reruns
+
+
+def test_benchmark_config_uses_the_pipeline_override_mechanism(monkeypatch):
+    monkeypatch.setenv("TOWER_RECS_MODEL_TEMPERATURE", "0.2")          # as for a tfx CLI run
+    args = argparse.Namespace(quick=True, preprocess=None, encoder="enc/", set=["hidden_dims=[8]", "epochs=5"])
+    cfg = quality.model_config(args)
+    assert (cfg.temperature, cfg.hidden_dims, cfg.epochs, cfg.batch_size, cfg.encoder_handle) == \
+        (0.2, (8,), 5, 128, "enc/")                                    # env, --set over --quick, --quick, --encoder
+    args.set = ["epochs=five"]
+    with pytest.raises(ValueError, match=r"--set epochs='five': expected an int \(ModelConfig.epochs\)"):
+        quality.model_config(args)
