@@ -23,7 +23,7 @@ SAMPLE_USER ?=
 # MovieLens folder for `make bench-quality` (ml-latest-small, ml-100k or ml-1m files).
 MOVIELENS ?= ../shared/data/ml-latest-small
 
-.PHONY: help setup encoder sample run run-python test bench bench-quality bench-serving bench-encoder serve kubeflow clean
+.PHONY: help setup encoder sample run run-python test test-fast bench bench-quality bench-serving bench-encoder serve kubeflow clean
 
 help:  ## List targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -61,8 +61,11 @@ run-python: setup encoder $(if $(filter data/sample,$(DATA)),sample)  ## Same pi
 	$(PY) -m pipeline.report --latest
 	$(PY) -m pipeline.show_recommendations
 
-test: setup  ## Run the test suite.
+test: setup  ## Run the whole test suite (what CI runs).
 	$(PY) -m pytest -ra
+
+test-fast: setup  ## Unit tests only: no pipeline run, server, training or executors (e2e, slow).
+	$(PY) -m pytest -ra -m "not e2e and not slow"
 
 bench: bench-encoder bench-quality bench-serving  ## All benchmarks (tables + JSON in benchmarks/results/).
 

@@ -243,9 +243,7 @@ def index_features(train: pd.DataFrame, queries: Queries) -> IndexData:
 def two_tower_scores(cfg: ModelConfig, data: IndexData, catalogue_ids: list[str], text_vectors: np.ndarray,
                      callbacks=None, verbose: int = 2):
     """Trains with `trainer.train.train_model`; returns (scores [queries, catalogue], model, train seconds)."""
-    import tensorflow as tf
-
-    from trainer.train import build_text_table, candidate_vectors, catalogue_index, train_model
+    from trainer.train import build_text_table, train_model
 
     text_table = build_text_table(data.item_vocab, catalogue_ids, text_vectors)
     start = time.time()

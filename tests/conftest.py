@@ -1,4 +1,9 @@
-"""Shared fixtures: a tiny TF Hub BERT (built by the project's real export code) and tiny contract data."""
+"""Shared fixtures (a tiny TF Hub BERT built by the project's real export code, tiny contract data, one
+pipeline run through the tfx CLI) and the `e2e` mark of the tests that use a pipeline run or a server.
+
+Markers (pyproject.toml): `e2e` runs the pipeline or a server process, `slow` trains a model or runs
+TFX/Beam executors or the full MiniLM. `make test-fast` runs neither; `make test` runs everything.
+"""
 import os
 
 import pytest
@@ -8,6 +13,17 @@ import pytest
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Fixtures that run the pipeline (`cli_pipeline_run`, below) or start a model server process (the
+# `server` / `served` fixtures of tests/test_serving.py, test_client.py, test_serving_e2e.py): every
+# test that uses one is `e2e`, whichever module it is in.
+E2E_FIXTURES = frozenset({"cli_pipeline_run", "server", "served"})
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if E2E_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")

@@ -173,10 +173,12 @@ def validation_work(tmp_path_factory):
     return str(tmp_path_factory.mktemp("validation"))
 
 
+@pytest.mark.slow
 def test_good_data_passes(tiny_data, validation_work):
     assert validate_contract(tiny_data, os.path.join(validation_work, "good")) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("corrupt,expected", CASES, ids=[c.__name__ for c, _ in CASES])
 def test_bad_data_is_rejected_with_a_clear_message(corrupt, expected, tiny_data, validation_work, tmp_path):
     data_dir = str(tmp_path / "data")
@@ -194,6 +196,7 @@ def test_bad_data_is_rejected_with_a_clear_message(corrupt, expected, tiny_data,
 
 
 # -- the real pipeline -----------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_pipeline_stops_on_bad_data_and_keeps_the_pushed_model(tiny_encoder):
     run = runs.good_run(tiny_encoder)
     assert len(run["versions"]) == 1, run["versions"]

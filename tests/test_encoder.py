@@ -77,6 +77,7 @@ def test_token_ids_match_golden(tiny_modules, golden):
                        "end_of_segment_id": 102, "mask_id": 103}
 
 
+@pytest.mark.slow
 def test_outputs_match_golden(minilm_loaded, golden):
     pre, enc = minilm_loaded
     out = enc(pre(tf.constant([c["text"] for c in golden])))
@@ -176,6 +177,7 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_fresh_process_tensorflow_and_text_only(minilm_modules, golden, tmp_path):
     cases = golden[:3]
     env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "PYTHONPATH")}
@@ -194,6 +196,7 @@ def test_fresh_process_tensorflow_and_text_only(minilm_modules, golden, tmp_path
         _assert_close(result["sig_sentence"][i], case["mean_pooled"], "sentence_embedding")
 
 
+@pytest.mark.slow
 def test_ops_are_in_tf_core_2_16_plus_tf_text_2_12(minilm_modules):
     assert tf.__version__.startswith("2.16.")
     core_ops = set(dir(tf.raw_ops))  # python-wrapped TF core ops only: no TF Text ops
@@ -206,6 +209,7 @@ def test_ops_are_in_tf_core_2_16_plus_tf_text_2_12(minilm_modules):
     assert not enc_ops & TF_TEXT_2_12_OPS
 
 
+@pytest.mark.slow
 def test_encode_texts_dynamic_padding(tiny_modules, minilm_modules, golden):
     pre_path, enc_path = tiny_modules
     texts = ["x " * 200, "", "Heat (1995) Action|Crime|Thriller", "a", "Toy Story (1995)",

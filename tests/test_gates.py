@@ -9,6 +9,8 @@ import json
 import os
 import sqlite3
 
+import pytest
+
 import gate_pipeline_run as runs
 from pipeline.components.gate_config import EvaluationConfig, ServingCheckConfig
 
@@ -61,6 +63,7 @@ def _artifacts(metadata_path, type_name):
     return out
 
 
+@pytest.mark.e2e
 def test_worse_model_is_not_blessed_and_not_pushed(tiny_encoder):
     run = runs.good_run(tiny_encoder)
     metadata = os.path.join(run["output"], "metadata", "tower-recs", "metadata.db")

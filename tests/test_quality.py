@@ -62,6 +62,7 @@ def test_benchmark_splits_do_not_leak(tiny_data):
         assert set(history) <= set(splits.train[splits.train[contract.USER_ID] == user][contract.ITEM_ID])
 
 
+@pytest.mark.slow
 def test_quick_benchmark_end_to_end(tiny_data, tiny_encoder, tmp_path):
     preprocess, encoder = tiny_encoder
     out = str(tmp_path / "results")

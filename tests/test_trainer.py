@@ -1,9 +1,4 @@
 """Unit tests of the trainer modules: item text, preprocessing_fn, model, export signatures."""
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -29,7 +24,6 @@ def test_model_config_round_trip_and_unknown_key():
 
 
 def test_preprocessing_fn_maps_ids_and_history(tmp_path):
-    import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
@@ -100,6 +94,7 @@ def test_unknown_item_is_placed_by_its_text_alone():
     np.testing.assert_allclose(unknown, known_without_id, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_training_learns_user_item_affinity():
     """Users 0-2 only ever see items 0-3, users 3-4 items 4-7: after training each group scores its own items higher."""
     from trainer.train import train_model
@@ -150,6 +145,7 @@ def _encoder_training_run(tiny_encoder, train_encoder: bool):
     return max(float(np.abs(a - b.numpy()).max()) for a, b in zip(before, encoder.encoder.weights))
 
 
+@pytest.mark.slow
 def test_encoder_is_frozen_by_default_and_fine_tuned_on_request(tiny_encoder):
     assert _encoder_training_run(tiny_encoder, train_encoder=False) == 0.0
     assert _encoder_training_run(tiny_encoder, train_encoder=True) > 0.0
