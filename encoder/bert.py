@@ -20,6 +20,8 @@ import tf_keras as keras
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
+    """Sizes of a BERT model, named as in a Hugging Face `config.json`; defaults: all-MiniLM-L6-v2."""
+
     vocab_size: int = 30522
     hidden_size: int = 384
     num_hidden_layers: int = 6
@@ -34,6 +36,11 @@ class BertConfig:
 
     @classmethod
     def from_json_file(cls, path: str) -> "BertConfig":
+        """The config of a Hugging Face `config.json` (extra keys ignored).
+
+        Raises:
+          ValueError: the model uses an activation or position embedding this encoder does not implement.
+        """
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
         act = raw.get("hidden_act", "gelu")
@@ -46,6 +53,7 @@ class BertConfig:
 
     @property
     def head_size(self) -> int:
+        """Width of one attention head."""
         return self.hidden_size // self.num_attention_heads
 
 
@@ -60,6 +68,7 @@ def _layer_norm(cfg: BertConfig, name: str) -> keras.layers.LayerNormalization:
 
 
 def exact_gelu(x: tf.Tensor) -> tf.Tensor:
+    """GELU with the erf, as Hugging Face's "gelu" (not the tanh approximation)."""
     return tf.nn.gelu(x, approximate=False)
 
 
@@ -82,6 +91,7 @@ class TransformerLayer(keras.layers.Layer):
         self.hidden_dropout = keras.layers.Dropout(cfg.hidden_dropout_prob)
 
     def build(self, input_shape):
+        """Creates the block's weights for hidden states [B, S, hidden_size]."""
         h = self.cfg.hidden_size
         self.query.build([None, None, h])
         self.key.build([None, None, h])
@@ -99,6 +109,7 @@ class TransformerLayer(keras.layers.Layer):
         return tf.transpose(x, [0, 2, 1, 3])  # [B, heads, S, head_size]
 
     def call(self, hidden: tf.Tensor, attention_bias: tf.Tensor, training=False) -> tf.Tensor:
+        """Hidden states [B, S, H] and an additive attention bias [B, 1, 1, S] -> new hidden states [B, S, H]."""
         b, s = tf.shape(hidden)[0], tf.shape(hidden)[1]
         q = self._split_heads(self.query(hidden))
         k = self._split_heads(self.key(hidden))
@@ -136,6 +147,7 @@ class BertEncoder(keras.layers.Layer):
         self.pooler = _dense(cfg.hidden_size, cfg, "pooler_transform", activation="tanh")
 
     def build(self, input_shape=None):
+        """Creates every weight up front, so `load_hf_weights` can assign them before the first call."""
         cfg = self.cfg
 
         def init():
@@ -155,6 +167,8 @@ class BertEncoder(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs: Mapping[str, tf.Tensor], training=False) -> Dict[str, tf.Tensor]:
+        """The TF Hub BERT call: {input_word_ids, input_mask, input_type_ids} int [B, S] -> the output dict
+        (pooled_output / default [B, H], sequence_output [B, S, H], encoder_outputs, sentence_embedding)."""
         word_ids = tf.cast(inputs["input_word_ids"], tf.int32)
         mask = tf.cast(inputs["input_mask"], tf.int32)
         type_ids = tf.cast(inputs["input_type_ids"], tf.int32)

@@ -54,6 +54,8 @@ def model_dir() -> str:
 
 
 def load_config_and_weights(tiny: bool) -> Tuple[BertConfig, Dict[str, np.ndarray], str]:
+    """(config, Hugging Face-layout weights, where they came from) of the installed MiniLM, or with
+    `tiny` of the same vocabulary with a tiny seeded random model."""
     src = model_dir()
     cfg = BertConfig.from_json_file(os.path.join(src, "config.json"))
     if tiny:
@@ -157,6 +159,16 @@ class _CallableTrackable(tf.__internal__.tracking.AutoTrackable):
 
 def build_preprocess_module(vocab_path: str, seq_length: int = DEFAULT_SEQ_LENGTH,
                             lower_case: bool = True) -> tf.__internal__.tracking.AutoTrackable:
+    """The TF Hub BERT preprocessor object (see the module docstring) for the WordPiece `vocab_path`.
+
+    Args:
+      vocab_path: vocab.txt, saved as the module's asset.
+      seq_length: the default packed length of `__call__` and `bert_pack_inputs`.
+      lower_case: lower-case and strip accents before WordPiece (uncased BERT).
+
+    Returns:
+      A trackable to save with `tf.saved_model.save`: `__call__`, `tokenize`, `bert_pack_inputs`.
+    """
     special = _special_ids(vocab_path)
     tokenizer = text.BertTokenizer(vocab_path, lower_case=lower_case, token_out_type=tf.int32)
 
@@ -210,6 +222,16 @@ def build_preprocess_module(vocab_path: str, seq_length: int = DEFAULT_SEQ_LENGT
 
 def build_encoder_module(cfg: BertConfig, weights: Dict[str, np.ndarray], vocab_path: str,
                          lower_case: bool = True) -> tf.__internal__.tracking.AutoTrackable:
+    """The TF Hub BERT encoder object: `obj(inputs_dict, training)` of a `BertEncoder` holding `weights`.
+
+    Args:
+      cfg: the model's sizes.
+      weights: Hugging Face-layout numpy weights (`load_config_and_weights`).
+      vocab_path, lower_case: saved alongside, as TF Hub encoders carry them.
+
+    Returns:
+      A trackable to save with `tf.saved_model.save` (variables, `__call__`, `serving_default`).
+    """
     bert = BertEncoder(cfg, name="bert_encoder")
     bert.build()
     bert.load_hf_weights(weights)
@@ -251,7 +273,19 @@ def _save(root, path: str) -> None:
 
 def build_hub_modules(out_dir: str, tiny: bool = False,
                       seq_length: int = DEFAULT_SEQ_LENGTH) -> Tuple[str, str]:
-    """Exports `<out_dir>/preprocess` and `<out_dir>/encoder`; returns their paths."""
+    """Exports the TF Hub modules `<out_dir>/preprocess` and `<out_dir>/encoder` (+ export_info.json).
+
+        preprocess, encoder = build_hub_modules("models/minilm")
+        layer = hub.KerasLayer(encoder)
+
+    Args:
+      out_dir: where to write them.
+      tiny: a tiny seeded random BERT with the real vocabulary (tests) instead of MiniLM.
+      seq_length: the preprocessor's default packed length.
+
+    Returns:
+      (preprocess path, encoder path).
+    """
     cfg, weights, source = load_config_and_weights(tiny)
     if not 2 <= seq_length <= cfg.max_position_embeddings:
         raise ValueError(f"seq_length must be in [2, {cfg.max_position_embeddings}]")
@@ -279,6 +313,7 @@ def build_hub_modules(out_dir: str, tiny: bool = False,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python -m encoder.export --out models/minilm [--tiny] [--seq_length N]`; returns the exit code."""
     parser = argparse.ArgumentParser(
         prog="python -m encoder.export",
         description="Export TF Hub-format BERT SavedModels (<out>/preprocess and <out>/encoder) "

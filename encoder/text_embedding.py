@@ -62,6 +62,17 @@ class TextEncoder:
 
     def encode(self, texts: Sequence[str], batch_size: int = 128,
                output_key: str = "sentence_embedding", log_every: int = 50) -> np.ndarray:
+        """Embeds `texts` in batches of similar token counts, each padded to its own length.
+
+        Args:
+          texts: N strings.
+          batch_size: texts per encoder call.
+          output_key: the encoder output to return.
+          log_every: log progress every this many batches.
+
+        Returns:
+          float32 [N, H] in the input order ([0, 0] for no texts).
+        """
         texts = list(texts)
         n = len(texts)
         if n == 0:

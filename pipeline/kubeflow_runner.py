@@ -86,6 +86,7 @@ class KubeflowSettings:
 
     @classmethod
     def from_env(cls) -> "KubeflowSettings":
+        """The settings of the TOWER_RECS_IMAGE / _BUCKET / _KFP_* variables (see the module docstring)."""
         beam = overrides.env("KFP_BEAM_PIPELINE_ARGS")
         return cls(
             image=overrides.env("IMAGE", DEFAULT_IMAGE),
@@ -251,6 +252,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def make_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m pipeline.kubeflow_runner`; flag defaults come from the environment."""
     env = KubeflowSettings.from_env()
     p = argparse.ArgumentParser(
         prog="python -m pipeline.kubeflow_runner",
@@ -319,6 +321,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, KubeflowSettings]:
+    """(parsed flags, settings) of a command line; arguments after a bare '--' are Beam pipeline args."""
     argv = list(sys.argv[1:] if argv is None else argv)
     extra_beam: list[str] = []
     if "--" in argv:
@@ -354,6 +357,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Compiles the pipeline and prints a JSON summary; returns 0, or 2 for paths the steps cannot use."""
     args, settings = parse_args(argv)
     try:
         kwargs = resolve(settings)

@@ -111,6 +111,7 @@ def _bars(groups: list[str], series: dict[str, list[float]], title: str, ylabel:
 
 
 def build_plots(summary: dict) -> dict[str, bytes]:
+    """{file name: PNG bytes} of a run summary: data.png, metrics.png, slices.png, latency.png (those with data)."""
     plots = {}
     data = summary.get("data") or {}
     groups, counts = [], []
@@ -153,6 +154,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def render_html(summary: dict, plots: dict[str, bytes]) -> str:
+    """The report page of a run summary, with `plots` embedded as data URIs."""
     def img(name):
         if name not in plots:
             return "<p><i>not available</i></p>"
@@ -249,6 +251,11 @@ def _summary(evaluation_uri, model_blessing, infra_blessing, statistics: dict, p
 
 
 def write_report(out_dir: str, summary: dict, latest_dir: Optional[str] = None) -> str:
+    """Writes report.html, summary.json and the PNGs to `out_dir` (and latest.html|json to `latest_dir`).
+
+    Returns:
+      The path of report.html.
+    """
     from tfx.dsl.io import fileio
 
     plots = build_plots(summary)
@@ -355,6 +362,7 @@ def latest_status(metadata_path: str, report_dir: Optional[str] = None) -> str:
 
 
 def main(argv=None) -> int:
+    """`python -m pipeline.report --latest`: prints `latest_status` of the configured metadata; returns 0."""
     from pipeline import configs
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

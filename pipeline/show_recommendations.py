@@ -18,6 +18,7 @@ from schema import contract
 
 
 def latest_version_dir(model_base: str) -> str:
+    """`<model_base>/<highest numeric version>`, the version TF Serving serves; FileNotFoundError if none."""
     versions = [d for d in os.listdir(model_base) if d.isdigit()] if os.path.isdir(model_base) else []
     if not versions:
         raise FileNotFoundError(f"No pushed model versions under {model_base}: run `make run` first.")
@@ -41,6 +42,7 @@ def last_history(interactions_dir: str, user_id: str | None) -> tuple[str, list[
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Prints the top-k table; returns 0 when the model gave k distinct items, else 1."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--user", help="user id (default: the first user of the eval split)")
     parser.add_argument("--k", type=int, default=10)

@@ -19,7 +19,14 @@ from schema import contract
 
 
 def item_text(title: tf.Tensor, categories: tf.Tensor, description: tf.Tensor) -> tf.Tensor:
-    """Joins title, '|'-separated categories and description into one cleaned string per item."""
+    """Joins title, '|'-separated categories and description into one cleaned string per item.
+
+    Args:
+      title, categories, description: string tensors [B] (categories '|'-separated, may be empty).
+
+    Returns:
+      A string tensor [B]: "Title. Category, Category. Description", empty parts left out.
+    """
     categories = tf.strings.regex_replace(categories, r"\(no genres listed\)", "")
     categories = tf.strings.regex_replace(categories, r"\s*\|\s*", ", ")
     parts = [tf.strings.strip(title), tf.strings.strip(categories), tf.strings.strip(description)]
@@ -49,19 +56,39 @@ class ItemTextEncoder(tf.keras.layers.Layer):
                                       name="bert_encoder")
 
     def call(self, texts: tf.Tensor) -> tf.Tensor:
+        """Item texts [B] (string) -> sentence embeddings [B, H] (float32)."""
         return self.encoder(self.pack([self.tokenize(texts)]))
 
 
 def embed_catalogue(preprocess_handle: str, encoder_handle: str, texts: Sequence[str],
                     output_key: str = "sentence_embedding", batch_size: int = 128) -> np.ndarray:
-    """Embeds each text once with the frozen encoder (dynamic padding per batch): [N, H] float32."""
+    """Embeds each text once with the frozen encoder (dynamic padding per batch).
+
+    Args:
+      preprocess_handle, encoder_handle: the TF Hub BERT modules (paths or URLs).
+      texts: N item texts.
+      output_key: the encoder output to keep.
+      batch_size: texts per encoder call.
+
+    Returns:
+      float32 [N, H], in the order of `texts`.
+    """
     from encoder.text_embedding import encode_texts  # the encoder package owns the fast batched path
 
     return encode_texts(preprocess_handle, encoder_handle, list(texts), batch_size=batch_size,
                         output_key=output_key)
 
 
-def catalogue_texts(catalogue: dict[str, np.ndarray]) -> list[str]:
+def catalogue_texts(catalogue: dict[str, Sequence]) -> list[str]:
+    """The `item_text` of every catalogue row.
+
+    Args:
+      catalogue: `{column: values}` with the contract's title, categories and description columns
+        (str or bytes), e.g. `data.item_csv.read_items(...)` or the trainer's ExampleGen reader.
+
+    Returns:
+      One text per row, in row order.
+    """
     texts = item_text(tf.constant(catalogue[contract.TITLE]), tf.constant(catalogue[contract.CATEGORIES]),
                       tf.constant(catalogue[contract.DESCRIPTION]))
     return [t.decode("utf-8") for t in texts.numpy()]

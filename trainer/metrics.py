@@ -19,7 +19,13 @@ import numpy as np
 
 
 def top_k_excluding(scores: np.ndarray, exclude: Sequence[Iterable[int]], k: int) -> np.ndarray:
-    """Indices [U, k] of each row's k best scores, best first, never returning excluded columns."""
+    """Indices [U, k] of each row's k best scores, best first, never returning excluded columns.
+
+    Args:
+      scores: [U, N] scores of every catalogue item per user.
+      exclude: per user, the columns to skip (already seen items).
+      k: how many to return (at most N).
+    """
     scores = np.array(scores, dtype=np.float32, copy=True)
     for row, items in enumerate(exclude):
         items = np.fromiter(items, dtype=np.int64)
@@ -33,7 +39,16 @@ def top_k_excluding(scores: np.ndarray, exclude: Sequence[Iterable[int]], k: int
 
 def retrieval_metrics(top_items: np.ndarray, relevant: Sequence[Iterable[int]],
                       ks: Sequence[int] = (10, 50, 100)) -> dict[str, float]:
-    """Mean Recall@K and NDCG@K over users with at least one relevant item."""
+    """Mean Recall@K and NDCG@K over users with at least one relevant item.
+
+    Args:
+      top_items: [U, >= max(ks)] ranked item columns per user (`top_k_excluding`).
+      relevant: per user, the relevant item columns (users with none are skipped).
+      ks: cut-offs.
+
+    Returns:
+      {"recall@K": .., "ndcg@K": .. for each K, "users": number of users averaged}.
+    """
     discounts = 1.0 / np.log2(np.arange(2, top_items.shape[1] + 2))
     recalls = {k: [] for k in ks}
     ndcgs = {k: [] for k in ks}

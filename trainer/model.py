@@ -101,7 +101,16 @@ class TwoTowerModel(tf.keras.Model):
 
     def candidate_embedding(self, item_index: tf.Tensor, text_embedding: tf.Tensor,
                             training: bool = False) -> tf.Tensor:
-        """Unit vectors [B, embedding_dim] (float32) for items given their index and BERT text embedding."""
+        """Candidate-tower vectors of items.
+
+        Args:
+          item_index: [B] item-vocabulary indices; `num_items` (OOV) for items unseen in training.
+          text_embedding: [B, text dim] BERT embeddings of their texts (raw or already PCA-reduced).
+          training: hides ids at random (`id_dropout`).
+
+        Returns:
+          Unit vectors [B, embedding_dim], float32.
+        """
         item_index = tf.cast(item_index, tf.int64)
         if self.text_basis is not None and text_embedding.shape[-1] != self.text_basis.shape[1]:
             text_embedding = tf.matmul(tf.cast(text_embedding, tf.float32), self.text_basis)
@@ -110,6 +119,7 @@ class TwoTowerModel(tf.keras.Model):
         return tf.math.l2_normalize(tf.cast(vectors, tf.float32), axis=-1)
 
     def item_text_embedding(self, item_index: tf.Tensor) -> tf.Tensor:
+        """The frozen text-table rows of item indices [B] -> [B, text dim] (zeros for unknown items)."""
         return tf.gather(self.text_table, tf.minimum(tf.cast(item_index, tf.int64), self.num_items))
 
     # -- query side ------------------------------------------------------------------------------
@@ -132,8 +142,16 @@ class TwoTowerModel(tf.keras.Model):
 
     def query_embedding(self, user_index: tf.Tensor, history_index: tf.Tensor,
                         training: bool = False) -> tf.Tensor:
-        """Unit vectors [B, embedding_dim] (float32) from the user's id and up to HISTORY_LENGTH recent
-        items (-1 pads)."""
+        """Query-tower vectors of users.
+
+        Args:
+          user_index: [B] user-vocabulary indices; `num_users` (OOV) for new users.
+          history_index: [B, H] item indices of the user's recent items, most recent last, -1 padded.
+          training: replaces user ids by the OOV id at random (`user_id_dropout`).
+
+        Returns:
+          Unit vectors [B, embedding_dim], float32.
+        """
         user_index = tf.minimum(tf.cast(user_index, tf.int64), self.num_users)
         if training and self.cfg.user_id_dropout > 0:
             drop = tf.random.uniform(tf.shape(user_index)) < self.cfg.user_id_dropout
@@ -155,6 +173,15 @@ class TwoTowerModel(tf.keras.Model):
     # library functions on the first trace (that took 20-60 s of the first epoch on 2 busy cores).
     @tf.autograph.experimental.do_not_convert
     def compute_loss(self, inputs: dict, training: bool = False) -> tf.Tensor:
+        """The in-batch softmax loss of a batch (`trainer/retrieval_task.py`).
+
+        Args:
+          inputs: index features `user_index` [B], `item_index` [B], `history_index` [B, H].
+          training: applies id dropout and, with `train_encoder`, fine-tunes BERT.
+
+        Returns:
+          The summed loss, a float32 scalar.
+        """
         item_index = tf.cast(tf.reshape(inputs[contract.ITEM_INDEX], [-1]), tf.int64)
         query = self.query_embedding(tf.reshape(inputs[contract.USER_INDEX], [-1]),
                                      inputs[contract.HISTORY_INDEX], training=training)
@@ -171,7 +198,8 @@ class TwoTowerModel(tf.keras.Model):
 
     @tf.autograph.experimental.do_not_convert
     def train_step(self, inputs):
-        """`tfrs.Model.train_step` (loss + regularisation, one optimizer step), without AutoGraph conversion."""
+        """`tfrs.Model.train_step` without AutoGraph conversion: loss + regularisation, one optimizer step;
+        returns {"loss", "regularization_loss", "total_loss"}."""
         with tf.GradientTape() as tape:
             loss = self.compute_loss(inputs, training=True)
             regularization_loss = tf.reduce_sum([tf.reduce_sum(value) for value in self.losses])
@@ -182,6 +210,7 @@ class TwoTowerModel(tf.keras.Model):
 
     @tf.autograph.experimental.do_not_convert
     def test_step(self, inputs):
+        """`tfrs.Model.test_step`: {"loss", "regularization_loss", "total_loss"} of one batch."""
         loss = self.compute_loss(inputs, training=False)
         regularization_loss = tf.reduce_sum([tf.reduce_sum(value) for value in self.losses])
         return {"loss": loss, "regularization_loss": regularization_loss, "total_loss": loss + regularization_loss}

@@ -17,6 +17,11 @@ from typing import Any
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+    """Every hyperparameter of the two-tower model, its training and its serving signatures.
+
+    Any field can be set for a pipeline run as `TOWER_RECS_MODEL_<FIELD>` (pipeline/overrides.py).
+    """
+
     # Tower sizes.
     embedding_dim: int = 64          # width of the shared query/candidate space
     id_embedding_dim: int = 64       # user and item id embeddings
@@ -68,10 +73,12 @@ class ModelConfig:
     max_exclude: int = 1000
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-serialisable dict (the Trainer's `custom_config["model"]`)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        """The config of a `to_dict()` dict (JSON lists become tuples); unknown keys are a ValueError."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

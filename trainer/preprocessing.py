@@ -27,7 +27,16 @@ def history_tokens(history: tf.Tensor) -> tf.RaggedTensor:
 
 
 def preprocessing_fn(inputs: dict) -> dict:
-    """Maps raw interactions to the indices the two-tower model consumes."""
+    """Maps raw interactions to the indices the two-tower model consumes (the Transform component's fn).
+
+    Args:
+      inputs: raw interaction features: `user_id`, `item_id` [B, 1] strings and `history` (optional,
+        one space-separated string per row).
+
+    Returns:
+      `user_index` [B], `item_index` [B] (vocabulary index, OOV = vocabulary size) and `history_index`
+      [B, HISTORY_LENGTH] (the last items, left-aligned, -1 padded).
+    """
     user_id = _dense_string(inputs[contract.USER_ID])
     item_id = _dense_string(inputs[contract.ITEM_ID])
     user_vocab = tft.vocabulary(user_id, vocab_filename=contract.USER_VOCAB)

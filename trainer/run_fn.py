@@ -24,7 +24,14 @@ from trainer.train import build_text_table, candidate_vectors, catalogue_index, 
 
 # -- inputs --------------------------------------------------------------------------------------
 def read_catalogue(file_pattern: str) -> dict[str, np.ndarray]:
-    """Reads the items ExampleGen output (gzipped TFRecords of tf.Example) into string arrays."""
+    """Reads the items ExampleGen output (gzipped TFRecords of tf.Example) into string arrays.
+
+    Args:
+      file_pattern: glob of the catalogue split's files (`custom_config["item_files"]`).
+
+    Returns:
+      `{column: object array of bytes}` for each of `contract.ITEM_COLUMNS`.
+    """
     files = sorted(glob.glob(file_pattern))
     if not files:
         raise FileNotFoundError(f"No item catalogue files match {file_pattern}")
@@ -39,7 +46,11 @@ def read_catalogue(file_pattern: str) -> dict[str, np.ndarray]:
 
 
 def load_index_features(fn_args, tft_output: tft.TFTransformOutput, files: list[str]) -> dict[str, np.ndarray]:
-    """All transformed examples of `files` as numpy arrays (index features are small: ~170 B/row)."""
+    """All transformed examples of `files` as numpy arrays (index features are small: ~170 B/row).
+
+    Returns:
+      `{"user_index": [N], "item_index": [N], "history_index": [N, HISTORY_LENGTH]}` int64 arrays.
+    """
     dataset = fn_args.data_accessor.tf_dataset_factory(
         files, tfxio.TensorFlowDatasetOptions(batch_size=8192, num_epochs=1, shuffle=False),
         tft_output.transformed_metadata.schema)
@@ -63,7 +74,13 @@ def _decode(values: Iterable) -> list[str]:
 
 
 def run_fn(fn_args) -> None:
-    """Trains the two-tower model and exports the serving SavedModel to `fn_args.serving_model_dir`."""
+    """Trains the two-tower model and exports the serving SavedModel to `fn_args.serving_model_dir`.
+
+    Args:
+      fn_args: the TFX Trainer's FnArgs: transformed train/eval files, the Transform output,
+        `train_steps` (0: `ModelConfig.epochs`), `custom_config["model"]` (a `ModelConfig` dict) and
+        `custom_config["item_files"]` (the catalogue, from CatalogTrainer).
+    """
     cfg = ModelConfig.from_dict(fn_args.custom_config["model"])
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     user_vocab = _decode(tft_output.vocabulary_by_name(contract.USER_VOCAB))

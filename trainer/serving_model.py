@@ -28,7 +28,19 @@ _STRING_MATRIX = lambda name: tf.TensorSpec([None, None], tf.string, name=name) 
 
 
 class RecommenderModule(tf.Module):
-    """Wraps the trained towers, the transform graph and the catalogue index for serving."""
+    """Wraps the trained towers, the transform graph and the catalogue index for serving.
+
+        module = RecommenderModule(model, tft_output, catalogue_ids, candidate_vectors, text_encoder, cfg)
+        export_serving_model(module, serving_model_dir, "tower_recs", warmup_user_ids=user_vocab[:20])
+
+    Args:
+      model: the trained `TwoTowerModel`.
+      tft_output: the Transform output (its graph maps raw ids to indices at serving time).
+      item_ids: the N catalogue item ids, cold items included.
+      candidate_vectors: [N, D] candidate-tower vectors of those items.
+      text_encoder: the `ItemTextEncoder` that embeds new items' text (`candidate_embedding`).
+      cfg: the model config (`max_k`, `default_k`).
+    """
 
     def __init__(self, model: TwoTowerModel, tft_output: tft.TFTransformOutput, item_ids: Sequence[str],
                  candidate_vectors: np.ndarray, text_encoder: ItemTextEncoder, cfg: ModelConfig):
@@ -74,10 +86,14 @@ class RecommenderModule(tf.Module):
                                   _STRING_MATRIX(contract.INPUT_EXCLUDE),
                                   tf.TensorSpec([], tf.int32, name=contract.INPUT_K)])
     def recommend(self, user_id, history, exclude, k):
+        """`serving_default`: top-k of the catalogue for user ids [B] and histories [B, H], without the
+        items of `exclude` [B, E] ("" pads): {"item_ids": [B, k] string, "scores": [B, k] float32}."""
         return self._top_k(self._query(user_id, history), exclude, k)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.INPUT_EXAMPLES)])
     def recommend_tf_examples(self, examples):
+        """`serve_tf_examples`: the same top-`default_k` for serialized tf.Examples [B] carrying `user_id`
+        and `history` (one space-separated string), as TFX's InfraValidator sends them."""
         parsed = tf.io.parse_example(examples, {
             contract.USER_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
             contract.HISTORY: tf.io.FixedLenFeature([], tf.string, default_value=""),
@@ -89,16 +105,20 @@ class RecommenderModule(tf.Module):
 
     @tf.function(input_signature=[_STRING_VECTOR(contract.USER_ID), _STRING_MATRIX(contract.HISTORY)])
     def embed_query(self, user_id, history):
+        """`query_embedding`: {"embedding": [B, D]} of user ids [B] and histories [B, H]."""
         return {contract.OUTPUT_EMBEDDING: self._query(user_id, history)}
 
     @tf.function(input_signature=[_STRING_VECTOR(contract.ITEM_ID), _STRING_VECTOR(contract.TITLE),
                                   _STRING_VECTOR(contract.CATEGORIES), _STRING_VECTOR(contract.DESCRIPTION)])
     def embed_candidate(self, item_id, title, categories, description):
+        """`candidate_embedding`: {"embedding": [B, D]} of items [B] from their id and text; a brand-new
+        id is placed by its text alone."""
         text_embedding = self.text_encoder(item_text(title, categories, description))
         item_index = self.tft_layer({contract.ITEM_ID: tf.reshape(item_id, [-1, 1])})[contract.ITEM_INDEX]
         return {contract.OUTPUT_EMBEDDING: self.model.candidate_embedding(item_index, text_embedding)}
 
     def signatures(self) -> dict:
+        """{signature name: tf.function}, as `tf.saved_model.save(..., signatures=...)` takes them."""
         return {
             contract.SERVING_DEFAULT: self.recommend,
             contract.SERVE_TF_EXAMPLES: self.recommend_tf_examples,
@@ -108,7 +128,17 @@ class RecommenderModule(tf.Module):
 
 
 def write_warmup_requests(export_dir: str, model_name: str, user_ids: Sequence[str], k: int) -> str:
-    """TF Serving replays these PredictLogs at load time, before the version takes traffic."""
+    """Writes `<export_dir>/assets.extra/tf_serving_warmup_requests`, which TF Serving replays at load time.
+
+    Args:
+      export_dir: the SavedModel directory.
+      model_name: the TF Serving model name in the requests' ModelSpec.
+      user_ids: users to ask for (the first 100 are used).
+      k: the requests' `k`.
+
+    Returns:
+      The path of the written file (a TFRecord of PredictionLogs).
+    """
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     path = os.path.join(export_dir, contract.WARMUP_FILE)
@@ -130,7 +160,7 @@ def write_warmup_requests(export_dir: str, model_name: str, user_ids: Sequence[s
 
 def export_serving_model(module: RecommenderModule, export_dir: str, model_name: str,
                          warmup_user_ids: Sequence[str]) -> str:
-    """Saves the SavedModel with all signatures and its warmup requests."""
+    """Saves `module` with its four signatures and warmup requests to `export_dir`; returns `export_dir`."""
     tf.saved_model.save(module, export_dir, signatures=module.signatures())
     write_warmup_requests(export_dir, model_name, warmup_user_ids, module.default_k)
     return export_dir

@@ -16,7 +16,16 @@ from trainer.model_config import ModelConfig
 # -- catalogue -----------------------------------------------------------------------------------
 def build_text_table(item_vocab: Iterable[str], catalogue_ids: Iterable[str],
                      catalogue_vectors: np.ndarray) -> np.ndarray:
-    """Rows in item-vocabulary order (+ a zero OOV row); vocabulary items missing from the catalogue get zeros."""
+    """The model's text table: one row per item-vocabulary entry, plus a zero OOV row.
+
+    Args:
+      item_vocab: the Transform item vocabulary (index order).
+      catalogue_ids: the ids of the rows of `catalogue_vectors`.
+      catalogue_vectors: [N, H] text embeddings of the catalogue.
+
+    Returns:
+      float32 [len(item_vocab) + 1, H]; vocabulary items missing from the catalogue get zeros.
+    """
     position = {item_id: i for i, item_id in enumerate(catalogue_ids)}
     item_vocab = list(item_vocab)
     table = np.zeros([len(item_vocab) + 1, catalogue_vectors.shape[1]], np.float32)
@@ -65,7 +74,19 @@ def get_strategy() -> tf.distribute.Strategy:
 def build_model(cfg: ModelConfig, train: dict[str, np.ndarray], num_users: int, num_items: int,
                 text_table: np.ndarray, total_steps: int = 0, text_encoder=None,
                 item_texts: Optional[list[str]] = None) -> TwoTowerModel:
-    """The compiled (untrained) model; call inside `strategy.scope()`."""
+    """The compiled (untrained) model; call inside `strategy.scope()`.
+
+    Args:
+      cfg: the hyperparameters.
+      train: training index features (their item counts give the logQ sampling probabilities).
+      num_users, num_items: vocabulary sizes (the OOV index is the size).
+      text_table: [num_items + 1, H] item text embeddings (`build_text_table`).
+      total_steps: steps of the run, for the cosine learning-rate schedule.
+      text_encoder, item_texts: the trainable BERT and each item's text, with `cfg.train_encoder`.
+
+    Returns:
+      A `TwoTowerModel` compiled with Adam.
+    """
     item_counts = np.bincount(train[contract.ITEM_INDEX], minlength=num_items + 1)[:num_items]
     model = TwoTowerModel(cfg, num_users=num_users, num_items=num_items, text_table=text_table,
                           item_counts=item_counts, text_encoder=text_encoder, item_texts=item_texts)
@@ -84,9 +105,20 @@ def train_model(cfg: ModelConfig, train: dict[str, np.ndarray], num_users: int, 
                 validation: Optional[dict[str, np.ndarray]] = None, verbose: int = 2,
                 callbacks: Optional[list] = None, text_encoder=None,
                 item_texts: Optional[list[str]] = None) -> TwoTowerModel:
-    """Builds and fits the two-tower model; `steps=0` trains `cfg.epochs` epochs.
+    """Builds and fits the two-tower model under `get_strategy()` (all GPUs mirrored; the same code on CPU).
 
-    Runs under `get_strategy()` (all GPUs mirrored when there are several; the same code on CPU).
+        model = train_model(ModelConfig(epochs=2), train, num_users, num_items, text_table)
+        vectors = candidate_vectors(model, catalogue_index(item_vocab, catalogue_ids), text_vectors)
+
+    Args:
+      cfg, train, num_users, num_items, text_table, text_encoder, item_texts: as for `build_model`.
+      steps: training steps; 0 trains `cfg.epochs` epochs over `train`.
+      log_dir: TensorBoard log directory (None: no logs).
+      validation: index features whose loss is reported after each epoch.
+      verbose, callbacks: Keras `fit`'s.
+
+    Returns:
+      The trained `TwoTowerModel`.
     """
     tf.keras.utils.set_random_seed(cfg.seed)
     n = len(train[contract.ITEM_INDEX])
@@ -110,14 +142,21 @@ def train_model(cfg: ModelConfig, train: dict[str, np.ndarray], num_users: int, 
 
 
 def catalogue_index(item_vocab: list[str], catalogue_ids: Iterable[str]) -> np.ndarray:
-    """Item-vocabulary index of each catalogue item; items never interacted with get the OOV index."""
+    """Item-vocabulary index [N] (int64) of each catalogue item; items never interacted with get the OOV index."""
     vocab_position = {item_id: i for i, item_id in enumerate(item_vocab)}
     return np.array([vocab_position.get(item_id, len(item_vocab)) for item_id in catalogue_ids], np.int64)
 
 
 def candidate_vectors(model: TwoTowerModel, catalogue_index_: np.ndarray, text_vectors: np.ndarray,
                       batch_size: int = 4096) -> np.ndarray:
-    """Candidate-tower vectors of every catalogue item, computed once for the serving index."""
+    """Candidate-tower vectors [N, D] of every catalogue item, computed once for the serving index.
+
+    Args:
+      model: the trained model.
+      catalogue_index_: [N] item indices (`catalogue_index`).
+      text_vectors: [N, H] the items' text embeddings.
+      batch_size: items per call.
+    """
     chunks = [model.candidate_embedding(tf.constant(catalogue_index_[i:i + batch_size]),
                                         tf.constant(text_vectors[i:i + batch_size])).numpy()
               for i in range(0, len(catalogue_index_), batch_size)]

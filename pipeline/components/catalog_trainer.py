@@ -58,7 +58,17 @@ class CatalogTrainerExecutor(trainer_executor.GenericExecutor):
 
 
 class CatalogTrainer(base_component.BaseComponent):
-    """Trainer with an extra `items` channel (the catalogue as `Examples`)."""
+    """Trainer with an extra `items` channel (the catalogue as `Examples`); see the module docstring.
+
+    Args:
+      examples, transform_graph, schema, train_args, eval_args: the stock Trainer's.
+      items: the catalogue ExampleGen output; its `items` split reaches `run_fn` as
+        `fn_args.custom_config["item_files"]` (a file pattern).
+      run_fn: dotted path of the training function, e.g. "trainer.run_fn.run_fn".
+      custom_config: JSON-serialisable dict passed to `run_fn` (the pipeline's `{"model": ...}`).
+
+    Outputs: `model` (the serving SavedModel) and `model_run` (TensorBoard logs), as the stock Trainer.
+    """
 
     SPEC_CLASS = CatalogTrainerSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(CatalogTrainerExecutor)

@@ -7,6 +7,11 @@ import json
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
+    """What the RetrievalEvaluator computes and the bar a candidate model must clear.
+
+    Any field can be set for a pipeline run as `TOWER_RECS_EVAL_<FIELD>` (pipeline/overrides.py).
+    """
+
     ks: tuple[int, ...] = (10, 50, 100)
     # Absolute lower bounds on the candidate's overall metrics.
     thresholds: dict = dataclasses.field(default_factory=lambda: {"recall@50": 0.05})
@@ -16,10 +21,12 @@ class EvaluationConfig:
     batch_size: int = 256
 
     def to_json(self) -> str:
+        """The config as the component's JSON execution property."""
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "EvaluationConfig":
+        """The config of a `to_json()` string ("" gives the defaults)."""
         values = json.loads(text) if text else {}
         if "ks" in values:
             values["ks"] = tuple(int(k) for k in values["ks"])
@@ -29,14 +36,21 @@ class EvaluationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ServingCheckConfig:
+    """What ServingCheck measures and requires of a model loaded as TF Serving would load it.
+
+    Any field can be set for a pipeline run as `TOWER_RECS_SERVING_CHECK_<FIELD>` (pipeline/overrides.py).
+    """
+
     latency_calls: int = 50
     max_p99_ms: float = 1000.0    # generous: a shared 2-core box; TF Serving itself is faster
     require_warmup: bool = True
     timeout_s: int = 600
 
     def to_json(self) -> str:
+        """The config as the component's JSON execution property."""
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "ServingCheckConfig":
+        """The config of a `to_json()` string ("" gives the defaults)."""
         return cls(**(json.loads(text) if text else {}))

@@ -65,7 +65,15 @@ def _split_files(artifact: types.Artifact, split: str) -> list[str]:
 
 
 def read_columns(files: Sequence[str], columns: dict[str, Any]) -> dict[str, list]:
-    """Columns of gzipped tf.Example TFRecords (ExampleGen output) as python lists."""
+    """Columns of gzipped tf.Example TFRecords (ExampleGen output) as python lists.
+
+    Args:
+      files: the TFRecord files.
+      columns: `{name: (tf dtype, default for a missing value)}`.
+
+    Returns:
+      `{name: values}`, strings decoded from UTF-8.
+    """
     import tensorflow as tf
 
     spec = {name: tf.io.FixedLenFeature([], dtype, default_value=default)
@@ -81,6 +89,8 @@ def read_columns(files: Sequence[str], columns: dict[str, Any]) -> dict[str, lis
 
 @dataclasses.dataclass
 class EvalData:
+    """The evaluation queries: one row per eval user (see the module docstring for the protocol)."""
+
     users: list[str]               # eval users (with >= 1 eval item)
     histories: list[list[str]]     # query history per user (most recent last)
     exclude: list[list[str]]       # train items per user
@@ -92,6 +102,13 @@ class EvalData:
 
 def load_eval_data(examples: types.Artifact, items: Optional[types.Artifact],
                    history_length: int = contract.HISTORY_LENGTH) -> EvalData:
+    """The queries, exclusions and relevant items of every eval user.
+
+    Args:
+      examples: the interactions ExampleGen output (train and eval splits).
+      items: the catalogue ExampleGen output (for its size), or None.
+      history_length: train items kept as the query history.
+    """
     import tensorflow as tf
 
     columns = {contract.USER_ID: (tf.string, ""), contract.ITEM_ID: (tf.string, ""),
@@ -134,7 +151,14 @@ def _pad(rows: Sequence[Sequence[str]]) -> "Any":
 
 
 def recommend_all(model_dir: str, data: EvalData, k: int, batch_size: int = 256) -> "Any":
-    """Top-k item ids [U, k] (str) from the SavedModel's serving_default signature."""
+    """Top-k item ids [U, k] (str) from the SavedModel's serving_default signature.
+
+    Args:
+      model_dir: the SavedModel (a pushed version directory).
+      data: the queries; each user's history is the query and their train items are excluded.
+      k: how many items per user.
+      batch_size: users per signature call.
+    """
     import numpy as np
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the item-text tower's ops)
@@ -178,6 +202,7 @@ def slice_rows(data: EvalData) -> dict[str, tuple[list[int], Optional[list[set]]
 
 
 def compute_metrics(top: "Any", data: EvalData, ks: Sequence[int]) -> dict[str, Any]:
+    """{"overall": metrics, "slices": {slice: metrics}} of ranked item ids `top` [U, >= max(ks)]."""
     from trainer.metrics import retrieval_metrics
 
     result: dict[str, Any] = {"overall": retrieval_metrics(top, data.relevant, ks), "slices": {}}
@@ -191,6 +216,7 @@ def compute_metrics(top: "Any", data: EvalData, ks: Sequence[int]) -> dict[str, 
 
 
 def evaluate_model(model_dir: str, data: EvalData, ks: Sequence[int], batch_size: int = 256) -> dict[str, Any]:
+    """`compute_metrics` of the SavedModel at `model_dir`, plus its `model_dir` and `seconds`."""
     start = time.time()
     top = recommend_all(model_dir, data, max(ks), batch_size)
     metrics = compute_metrics(top, data, ks)
@@ -226,6 +252,8 @@ def judge(candidate: dict, baseline: Optional[dict], cfg: EvaluationConfig) -> t
 
 # -- TFX component -------------------------------------------------------------------------------
 class RetrievalEvaluatorSpec(component_spec.ComponentSpec):
+    """Inputs: model, optional baseline_model, interaction and item examples; outputs: evaluation, blessing."""
+
     PARAMETERS = {CONFIG_KEY: component_spec.ExecutionParameter(type=str)}
     INPUTS = {
         MODEL_KEY: component_spec.ChannelParameter(type=standard_artifacts.Model),
@@ -240,8 +268,10 @@ class RetrievalEvaluatorSpec(component_spec.ComponentSpec):
 
 
 class RetrievalEvaluatorExecutor(base_executor.BaseExecutor):
+    """Evaluates the candidate (and the baseline) and writes the evaluation and the ModelBlessing."""
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
+        """Runs the evaluation; `exec_properties["config"]` is an `EvaluationConfig.to_json()`."""
         start = time.time()
         cfg = EvaluationConfig.from_json(exec_properties.get(CONFIG_KEY) or "")
         model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
@@ -296,7 +326,14 @@ class RetrievalEvaluatorExecutor(base_executor.BaseExecutor):
 
 
 class RetrievalEvaluator(base_component.BaseComponent):
-    """Full-catalogue retrieval evaluation of `model` (vs. `baseline_model`) -> ModelBlessing."""
+    """Full-catalogue retrieval evaluation of `model` (vs. `baseline_model`) -> ModelBlessing.
+
+        evaluator = RetrievalEvaluator(model=trainer.outputs["model"], examples=interaction_gen.outputs["examples"],
+                                       items=item_gen.outputs["examples"],
+                                       baseline_model=resolver.outputs["model"], config=EvaluationConfig())
+
+    Outputs: `evaluation` (ModelEvaluation, metrics.json) and `blessing` (ModelBlessing, read by Pusher).
+    """
 
     SPEC_CLASS = RetrievalEvaluatorSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(RetrievalEvaluatorExecutor)

@@ -88,6 +88,7 @@ def probe(model_dir: str, cfg: ServingCheckConfig) -> dict:
 
 
 def judge(result: dict, cfg: ServingCheckConfig) -> tuple[bool, list[str]]:
+    """(blessed, reasons) of a `probe` result: one reason per check, prefixed PASS / FAIL."""
     if "error" in result:
         return False, [f"FAIL the model does not load in a TF-only process: {result['error']}"]
     reasons = []
@@ -119,14 +120,18 @@ def judge(result: dict, cfg: ServingCheckConfig) -> tuple[bool, list[str]]:
 
 
 class ServingCheckSpec(component_spec.ComponentSpec):
+    """Input: the model; output: an InfraBlessing; parameter: a `ServingCheckConfig.to_json()`."""
+
     PARAMETERS = {CONFIG_KEY: component_spec.ExecutionParameter(type=str)}
     INPUTS = {MODEL_KEY: component_spec.ChannelParameter(type=standard_artifacts.Model)}
     OUTPUTS = {BLESSING_KEY: component_spec.ChannelParameter(type=standard_artifacts.InfraBlessing)}
 
 
 class ServingCheckExecutor(base_executor.BaseExecutor):
+    """Probes the model in an isolated process and writes the InfraBlessing as InfraValidator does."""
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
+        """Runs the probe and writes `serving_check.json` and INFRA_BLESSED / INFRA_NOT_BLESSED."""
         start = time.time()
         cfg = ServingCheckConfig.from_json(exec_properties.get(CONFIG_KEY) or "")
         model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
@@ -150,7 +155,11 @@ class ServingCheckExecutor(base_executor.BaseExecutor):
 
 
 class ServingCheck(base_component.BaseComponent):
-    """Checks the candidate SavedModel loads and serves like TF Serving 2.16 would -> InfraBlessing."""
+    """Checks the candidate SavedModel loads and serves like TF Serving 2.16 would -> InfraBlessing.
+
+        serving_check = ServingCheck(model=trainer.outputs["model"], config=ServingCheckConfig(max_p99_ms=500))
+        pusher = tfx.components.Pusher(..., infra_blessing=serving_check.outputs["blessing"])
+    """
 
     SPEC_CLASS = ServingCheckSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(ServingCheckExecutor)

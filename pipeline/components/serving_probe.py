@@ -52,6 +52,7 @@ def _percentile(values, q):
 
 
 def main(request_path, result_path):
+    """Probes the model the request JSON names and writes the result JSON (see the module docstring)."""
     with open(request_path, encoding="utf-8") as f:
         request = json.load(f)
     model_dir = request["model_dir"]
