@@ -25,7 +25,6 @@ from trainer.model_config import ModelConfig
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-
 def _reject_renamed() -> None:
     """Settings that became config fields: their old names, still set, would be ignored without a word."""
     renamed = {"EPOCHS": "MODEL_EPOCHS", "PREPROCESS_HANDLE": "MODEL_PREPROCESS_HANDLE",
