@@ -82,8 +82,44 @@ def _is_utf8(value: bytes) -> bool:
         return False
 
 
+def _text(value):
+    """A value read by `_read_split` as text; None (a missing value) stays None."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return None if value is None else str(value)
+
+
+def _display(value) -> str:
+    """repr of a value with bytes decoded: 'u0001', None, 1579316128."""
+    return repr(_text(value) if isinstance(value, bytes) else value)
+
+
+def _row_rule_problems(name: str, split: str, rows: "dict[str, list]") -> "list[str]":
+    """The row rules of `data.rules` (ids, required text, timestamp range), naming the first rows that break them."""
+    from data import rules
+    from trainer import features
+
+    bad = collections.defaultdict(list)  # (column, problem) -> row numbers in the split
+    for column in rules.ID_COLUMNS[name]:
+        for i, value in enumerate(rows[column]):
+            problem = rules.id_problem(_text(value))
+            if problem:
+                bad[(column, problem)].append(i)
+    for column in rules.TEXT_COLUMNS.get(name, ()):
+        bad[(column, rules.BLANK)] += [i for i, value in enumerate(rows[column]) if rules.is_blank(_text(value))]
+    for i, value in enumerate(rows.get(features.TIMESTAMP, ())):
+        if isinstance(value, int) and not rules.timestamp_in_range(value):
+            bad[(features.TIMESTAMP, rules.TIMESTAMP_OUT_OF_RANGE)].append(i)
+    shown = rules.DUPLICATE_KEY if name == "interactions" else (features.ITEM_ID, features.TITLE)
+    return [f"{name} {split}: column '{column}' {problem} in {len(index)} row(s), first: "
+            + "; ".join(" ".join(f"{c}={_display(rows[c][i])}" for c in shown) for i in index[:_MAX_EXAMPLES_SHOWN])
+            for (column, problem), index in bad.items() if index]
+
+
 def check_examples(interactions, items, interaction_splits=("train", "eval"), item_split="items") -> "list[str]":
-    """Referential integrity, duplicates and UTF-8 of the ExampleGen outputs, one line per problem."""
+    """Referential integrity, duplicates, UTF-8 and the row rules of `data.rules` (ids, timestamps) of the
+    ExampleGen outputs, one line per problem."""
+    from data import rules
     from trainer import features
 
     problems = []
@@ -91,6 +127,7 @@ def check_examples(interactions, items, interaction_splits=("train", "eval"), it
     if not catalogue[features.ITEM_ID]:
         problems.append(f"items {item_split}: dataset: no rows (empty file?)")
     problems += _utf8_problems("items", item_split, catalogue)
+    problems += _row_rule_problems("items", item_split, catalogue)
     item_ids = [v for v in catalogue[features.ITEM_ID] if v is not None]
     counts = collections.Counter(item_ids)
     duplicated = {v for v, n in counts.items() if n > 1}
@@ -104,17 +141,18 @@ def check_examples(interactions, items, interaction_splits=("train", "eval"), it
         if not rows[features.USER_ID]:
             problems.append(f"interactions {split}: dataset: no rows (empty file?)")
         problems += _utf8_problems("interactions", split, rows)
+        problems += _row_rule_problems("interactions", split, rows)
         unknown = {v for v in rows[features.ITEM_ID] if v is not None and v not in known}
         if unknown:
             problems.append(
                 f"interactions {split}: column '{features.ITEM_ID}': {len(unknown)} item id(s) outside the domain "
                 f"(not in the item catalogue): {_shown(unknown)}")
-        keys = list(zip(*(rows[c] for c in (features.USER_ID, features.ITEM_ID, features.TIMESTAMP))))
+        keys = list(zip(*(rows[c] for c in rules.DUPLICATE_KEY)))
         repeated = [key for key in keys if key in seen_rows or seen_rows.setdefault(key, split) != split]
         if repeated:
             problems.append(
-                f"interactions {split}: duplicated rows: {len(repeated)} row(s) repeat an earlier "
-                f"(user_id, item_id, timestamp): {_shown(set(repeated))}")
+                f"interactions {split}: {rules.DUPLICATE_ROWS}: {len(repeated)} row(s) {rules.DUPLICATE_ROWS_DETAIL}: "
+                f"{_shown(set(repeated))}")
     return problems
 
 
@@ -128,7 +166,8 @@ def AnomalyGate(
     """Raises DataAnomalyError listing every anomaly in interactions and items.
 
     With `interactions` and `items` (the ExampleGen outputs) it also checks what the schema cannot:
-    interaction item ids outside the catalogue, duplicated rows / item ids, invalid UTF-8.
+    interaction item ids outside the catalogue, duplicated rows / item ids, invalid UTF-8, and the row rules
+    `data.prepare` applies (`data/rules.py`: blank or malformed ids, blank titles, timestamps out of range).
     """
     problems = [f"interactions {p}" for p in read_anomalies(interaction_anomalies)]
     problems += [f"items {p}" for p in read_anomalies(item_anomalies)]
