@@ -60,7 +60,8 @@ class Source:
         if not self.path:
             return [f"row {p}" for p in positions]
         lines = self._data_lines()
-        return [f"line {lines[p]}" for p in positions]
+        # A file the line scan reads differently from pandas still gets a usable position.
+        return [f"line {lines[p]}" if p < len(lines) else f"data row {p + 1}" for p in positions]
 
     def rows(self, positions: Sequence[int], notes: Optional[Sequence[str]] = None) -> str:
         """The first MAX_SHOWN rows, each with an optional note: "line 4 ('x'), line 9 ('y') and 3 more"."""

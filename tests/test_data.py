@@ -291,7 +291,12 @@ def _rejected(tmp_path, capsys, events=EVENTS, items=ITEMS, *args):
     ("user_id,item_id,timestamp\n" + "u1,i1,10\n" * 5, ITEMS,
      "error: events.csv: duplicated rows: exact copies of an earlier row in 4 row(s): line 3 (same as line 2), "
      "line 4 (same as line 2), line 5 (same as line 2) and 1 more"),
-])
+    (EVENTS.replace("u0229,i2,20,", "u0229,i2,-20,").replace("\n", "\r\n"), ITEMS,
+     f"error: events.csv: column 'timestamp' {rules.TIMESTAMP_OUT_OF_RANGE} in 1 row(s): line 3 ('-20')"),
+], ids=["blank-user-id", "blank-item-id", "blank-catalogue-id", "blank-title", "extra-field", "extra-field-after-quoted-newline",
+        "unclosed-quote", "empty-file", "header-only", "not-utf8", "not-utf8-header", "missing-column",
+        "negative-timestamp", "rating-not-a-number", "unknown-item", "exact-duplicates", "only-repeated-rows",
+        "crlf-line-numbers"])
 def test_prepare_cli_rejections_name_file_line_and_column(tmp_path, capsys, events, items, message):
     assert _rejected(tmp_path, capsys, events, items).startswith(message)
 
@@ -513,7 +518,8 @@ def _edit(path, old, new):
      "line 3 ('soon')"),
     (_make_100k, "u.data", "\n2\t30", "\n \t30", "u.data: field 1 (user id) is empty or whitespace-only in 1 row(s): "
      "line 4 ('')"),
-])
+], ids=["latest-blank-user", "latest-blank-movie", "latest-extra-field", "latest-duplicate", "1m-negative-timestamp",
+        "1m-missing-field", "1m-blank-movie", "100k-bad-timestamp", "100k-blank-user"])
 def test_movielens_rejections_name_file_line_and_field(tmp_path, capsys, maker, file, old, new, message):
     src = tmp_path / "src"
     maker(src)
