@@ -11,6 +11,8 @@ never commit it into the project.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import os
 import sys
 import time
@@ -19,8 +21,9 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from data import prepare
-from schema import contract as features
+from data import prepare, validation
+from data.source import DataError, Source, read_csv
+from schema import contract
 
 FORMATS = ("ml-100k", "ml-1m", "ml-latest-small")
 
@@ -31,6 +34,15 @@ ML100K_GENRES = [
     "Thriller", "War", "Western",
 ]
 _NO_GENRES = "(no genres listed)"
+_RATINGS_COLUMNS = ("userId", "movieId", "rating", "timestamp")
+_MOVIES_COLUMNS = ("movieId", "title", "genres")
+_TAGS_COLUMNS = ("movieId", "tag", "timestamp")
+# How the MovieLens files name the contract's columns, for error messages.
+_LATEST_RATING_FIELDS = {contract.USER_ID: "column 'userId'", contract.ITEM_ID: "column 'movieId'"}
+_LATEST_MOVIE_FIELDS = {contract.ITEM_ID: "column 'movieId'"}
+_DAT_RATING_FIELDS = {contract.USER_ID: "field 1 (user id)", contract.ITEM_ID: "field 2 (movie id)",
+                      contract.RATING: "field 3 (rating)", contract.TIMESTAMP: "field 4 (timestamp)"}
+_DAT_MOVIE_FIELDS = {contract.ITEM_ID: "field 1 (movie id)", contract.TITLE: "field 2 (title)"}
 
 
 def detect_format(path: str) -> str:
@@ -47,13 +59,28 @@ def detect_format(path: str) -> str:
     )
 
 
+def sources(path: str, fmt: str) -> Tuple[Source, Source]:
+    """The (ratings, movies) files of a MovieLens variant, as read, so errors name file and line."""
+    join = functools.partial(os.path.join, path)
+    if fmt == "ml-latest-small":
+        return (Source("interactions", join("ratings.csv"), fields=_LATEST_RATING_FIELDS),
+                Source("items", join("movies.csv"), fields=_LATEST_MOVIE_FIELDS))
+    dat = dict(encoding="latin-1", header=False)
+    if fmt == "ml-100k":
+        return (Source("interactions", join("u.data"), sep="\t", fields=_DAT_RATING_FIELDS, **dat),
+                Source("items", join("u.item"), sep="|", quoted=False, fields=_DAT_MOVIE_FIELDS, **dat))
+    return (Source("interactions", join("ratings.dat"), sep="::", quoted=False, fields=_DAT_RATING_FIELDS, **dat),
+            Source("items", join("movies.dat"), sep="::", quoted=False, fields=_DAT_MOVIE_FIELDS, **dat))
+
+
 def _interactions(users, movies, ratings, stamps) -> pd.DataFrame:
+    """Contract columns; numbers stay text so validation can name the rows that are not numbers."""
     return pd.DataFrame(
         {
-            features.USER_ID: "u" + pd.Series(users).astype(str).str.strip(),
-            features.ITEM_ID: "m" + pd.Series(movies).astype(str).str.strip(),
-            features.TIMESTAMP: pd.Series(stamps).astype(np.int64),
-            features.RATING: pd.Series(ratings).astype(float),
+            contract.USER_ID: prepare.prefixed(pd.Series(users), "u"),
+            contract.ITEM_ID: prepare.prefixed(pd.Series(movies), "m"),
+            contract.TIMESTAMP: pd.Series(stamps).str.strip(),
+            contract.RATING: pd.Series(ratings).str.strip(),
         }
     )
 
@@ -62,44 +89,44 @@ def _items(ids, titles, categories, descriptions=None) -> pd.DataFrame:
     n = len(ids)
     return pd.DataFrame(
         {
-            features.ITEM_ID: "m" + pd.Series(ids).astype(str).str.strip(),
-            features.TITLE: pd.Series(titles).astype(str).str.strip(),
-            features.CATEGORIES: pd.Series(categories).fillna("").astype(str),
-            features.DESCRIPTION: (pd.Series(descriptions).fillna("").astype(str)
+            contract.ITEM_ID: prepare.prefixed(pd.Series(ids), "m"),
+            contract.TITLE: pd.Series(titles).astype(str).str.strip(),
+            contract.CATEGORIES: pd.Series(categories).fillna("").astype(str),
+            contract.DESCRIPTION: (pd.Series(descriptions).fillna("").astype(str)
                                    if descriptions is not None else pd.Series([""] * n)),
         }
     )
 
 
-def _read_split(path: str, sep: str, n_cols: int, encoding: str) -> pd.DataFrame:
+def _read_split(source: Source, n_cols: int) -> pd.DataFrame:
     """Read a headerless file with a literal (possibly multi-char) separator, no quoting."""
     rows = []
-    with open(path, encoding=encoding, newline="") as f:
-        for line in f:
+    with open(source.path, encoding=source.encoding, newline="") as f:
+        for number, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
-            if not line:
+            if not line.strip():
                 continue
-            parts = line.split(sep)
+            parts = line.split(source.sep)
             if len(parts) < n_cols:
-                raise ValueError(f"{path}: line {len(rows) + 1} has {len(parts)} fields, expected {n_cols}")
+                raise DataError(f"{source.path}: line {number}: expected {n_cols} fields separated by "
+                                f"{source.sep!r}, saw {len(parts)}")
             if len(parts) > n_cols:  # separator inside the title (field 1): rejoin it there
                 k = len(parts) - (n_cols - 2)
-                parts = [parts[0], sep.join(parts[1:k])] + parts[k:]
+                parts = [parts[0], source.sep.join(parts[1:k])] + parts[k:]
             rows.append(parts)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=range(n_cols))
 
 
 def _load_100k(path: str) -> Tuple[pd.DataFrame, pd.DataFrame]:
-    r = pd.read_csv(os.path.join(path, "u.data"), sep="\t", header=None,
-                    names=["user", "movie", "rating", "ts"], dtype=str)
+    ratings, movies = sources(path, "ml-100k")
+    r = read_csv(ratings, names=["user", "movie", "rating", "ts"])
     inter = _interactions(r.user, r.movie, r.rating, r.ts)
     genres = ML100K_GENRES
     genre_file = os.path.join(path, "u.genre")
     if os.path.exists(genre_file):
-        g = _read_split(genre_file, "|", 2, "latin-1")
-        g = g[g[0].str.len() > 0]
+        g = _read_split(dataclasses.replace(movies, name="genres", path=genre_file), 2)
         genres = [name for name, _ in sorted(zip(g[0], g[1].astype(int)), key=lambda t: t[1])]
-    m = _read_split(os.path.join(path, "u.item"), "|", 5 + len(genres), "latin-1")
+    m = _read_split(movies, 5 + len(genres))
     flags = m.iloc[:, 5:5 + len(genres)].to_numpy() == "1"
     cats = ["|".join(gn for gn, on in zip(genres, row) if on) for row in flags]
     items = _items(m[0], m[1], cats)
@@ -107,9 +134,10 @@ def _load_100k(path: str) -> Tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _load_1m(path: str) -> Tuple[pd.DataFrame, pd.DataFrame]:
-    r = _read_split(os.path.join(path, "ratings.dat"), "::", 4, "latin-1")
+    ratings, movies = sources(path, "ml-1m")
+    r = _read_split(ratings, 4)
     inter = _interactions(r[0], r[1], r[2], r[3])
-    m = _read_split(os.path.join(path, "movies.dat"), "::", 3, "latin-1")
+    m = _read_split(movies, 3)
     items = _items(m[0], m[1], m[2])
     return inter, items
 
@@ -128,14 +156,19 @@ def _tag_descriptions(tags: pd.DataFrame) -> pd.Series:
 
 
 def _load_latest(path: str) -> Tuple[pd.DataFrame, pd.DataFrame]:
-    r = pd.read_csv(os.path.join(path, "ratings.csv"), dtype=str, keep_default_na=False)
+    ratings, movies = sources(path, "ml-latest-small")
+    r = read_csv(ratings, required=_RATINGS_COLUMNS)
+    validation.check_columns(r, _RATINGS_COLUMNS, ratings)
     inter = _interactions(r.userId, r.movieId, r.rating, r.timestamp)
-    m = pd.read_csv(os.path.join(path, "movies.csv"), dtype=str, keep_default_na=False)
+    m = read_csv(movies, required=_MOVIES_COLUMNS)
+    validation.check_columns(m, _MOVIES_COLUMNS, movies)
     cats = m.genres.where(m.genres != _NO_GENRES, "")
     desc = None
     tags_file = os.path.join(path, "tags.csv")
     if os.path.exists(tags_file):
-        tags = pd.read_csv(tags_file, dtype=str, keep_default_na=False)
+        tags_source = Source("tags", tags_file)
+        tags = read_csv(tags_source, required=_TAGS_COLUMNS)
+        validation.check_columns(tags, _TAGS_COLUMNS, tags_source)
         desc = m.movieId.map(_tag_descriptions(tags)).fillna("")
     items = _items(m.movieId, m.title, cats, desc)
     return inter, items
@@ -144,7 +177,8 @@ def _load_latest(path: str) -> Tuple[pd.DataFrame, pd.DataFrame]:
 def load_movielens(path: str, format: str = "auto") -> Tuple[pd.DataFrame, pd.DataFrame]:
     """Load a MovieLens directory into ``(interactions, items)`` contract DataFrames (no history).
 
-    ``format``: 'auto' (detect from the files), 'ml-100k', 'ml-1m' or 'ml-latest-small'.
+    ``format``: 'auto' (detect from the files), 'ml-100k', 'ml-1m' or 'ml-latest-small'. The rows are
+    checked with the rules of `data.prepare`; a DataError names the MovieLens file, line and column.
     """
     if not os.path.isdir(path):
         raise ValueError(f"MovieLens directory {path!r} does not exist")
@@ -152,7 +186,9 @@ def load_movielens(path: str, format: str = "auto") -> Tuple[pd.DataFrame, pd.Da
     loaders = {"ml-100k": _load_100k, "ml-1m": _load_1m, "ml-latest-small": _load_latest}
     if fmt not in loaders:
         raise ValueError(f"unknown MovieLens format {format!r}; use one of auto, {', '.join(FORMATS)}")
-    return loaders[fmt](path)
+    inter, items = loaders[fmt](path)
+    ratings, movies = sources(path, fmt)
+    return validation.validate_interactions(inter, ratings), validation.validate_items(items, movies)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -171,12 +207,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
     parser.add_argument("--test-fraction", type=float, default=0.2,
                         help="per-user fraction of latest interactions held out for eval (default 0.2)")
+    parser.add_argument("--dedupe", action="store_true",
+                        help="drop rows that exactly repeat an earlier row (and report how many) instead of failing")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
         inter, items = load_movielens(args.src, args.format)
-        summary = prepare.write_contract(inter, items, args.out, test_fraction=args.test_fraction)
-    except (ValueError, FileNotFoundError) as e:
+        ratings, movies = sources(args.src, detect_format(args.src) if args.format == "auto" else args.format)
+        summary = prepare.write_contract(inter, items, args.out, test_fraction=args.test_fraction,
+                                         dedupe=args.dedupe, interactions_source=ratings, items_source=movies)
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{prepare.summary_text(summary)} in {time.perf_counter() - t0:.1f}s")

@@ -20,40 +20,37 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import sys
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
-from schema import contract as features
+from data import rules, validation
+from data.source import Source, read_csv
+from schema import contract
 
-USER_ID = features.USER_ID
-ITEM_ID = features.ITEM_ID
-TIMESTAMP = features.TIMESTAMP
-RATING = features.RATING
-HISTORY = features.HISTORY
-TITLE = features.TITLE
-CATEGORIES = features.CATEGORIES
-DESCRIPTION = features.DESCRIPTION
+USER_ID = contract.USER_ID
+ITEM_ID = contract.ITEM_ID
+TIMESTAMP = contract.TIMESTAMP
+RATING = contract.RATING
+HISTORY = contract.HISTORY
+TITLE = contract.TITLE
+CATEGORIES = contract.CATEGORIES
+DESCRIPTION = contract.DESCRIPTION
 
-INTERACTION_COLUMNS = list(features.INTERACTION_COLUMNS)
-ITEM_COLUMNS = list(features.ITEM_COLUMNS)
+INTERACTION_COLUMNS = list(contract.INTERACTION_COLUMNS)
+ITEM_COLUMNS = list(contract.ITEM_COLUMNS)
 
-REQUIRED_INTERACTION_COLUMNS = (USER_ID, ITEM_ID, TIMESTAMP)
-REQUIRED_ITEM_COLUMNS = (ITEM_ID, TITLE)
+
+# The checks live in data/validation.py; these names stay importable from here.
+validate_interactions = validation.validate_interactions
+validate_items = validation.validate_items
 
 TRAIN_FILE = os.path.join("interactions", "train", "interactions.csv")
 EVAL_FILE = os.path.join("interactions", "eval", "interactions.csv")
 ITEMS_FILE = os.path.join("items", "items.csv")
 
-# Strings that pandas (and most CSV readers) turn into missing values; an id must not be one.
-_NA_STRINGS = {
-    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null", "true", "false", "True",
-    "False", "TRUE", "FALSE",
-}
 _ORDER = "_prepare_order"
 
 
@@ -137,7 +134,7 @@ def cold_item_split(
 # --------------------------------------------------------------------------------------------
 # History
 # --------------------------------------------------------------------------------------------
-def add_history(interactions: pd.DataFrame, max_len: int = features.HISTORY_LENGTH) -> pd.DataFrame:
+def add_history(interactions: pd.DataFrame, max_len: int = contract.HISTORY_LENGTH) -> pd.DataFrame:
     """Add ``history``: the user's items strictly before this row's timestamp, most recent last.
 
     Earlier items are ordered by (timestamp, input order); items with the *same* timestamp as the
@@ -173,152 +170,6 @@ def add_history(interactions: pd.DataFrame, max_len: int = features.HISTORY_LENG
 
 
 # --------------------------------------------------------------------------------------------
-# Validation
-# --------------------------------------------------------------------------------------------
-def looks_like_number(value: str) -> bool:
-    """True if a CSV reader could infer ``value`` as a number, bool or missing value."""
-    s = str(value).strip()
-    if s in _NA_STRINGS:
-        return True
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
-def _first_bad(mask: np.ndarray) -> int:
-    return int(np.flatnonzero(mask)[0])
-
-
-def _check_columns(df: pd.DataFrame, required: Iterable[str], what: str) -> None:
-    if not isinstance(df, pd.DataFrame):
-        raise ValueError(f"{what} must be a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise ValueError(
-            f"{what} is missing required column(s) {missing}; it has columns {list(df.columns)}"
-        )
-
-
-def _check_ids(series: pd.Series, what: str, column: str) -> pd.Series:
-    """Ids as str; reject missing, whitespace-containing and number-like ids."""
-    if series.isna().any():
-        i = _first_bad(series.isna().to_numpy())
-        raise ValueError(f"{what} row {i}: column '{column}' is empty")
-    s = series.astype(str)
-    bad_ws = s.str.contains(r"\s", regex=True).to_numpy() | (s.str.len() == 0).to_numpy()
-    if bad_ws.any():
-        i = _first_bad(bad_ws)
-        raise ValueError(
-            f"{what} row {i}: column '{column}' value {s.iloc[i]!r} is empty or contains "
-            "whitespace (history is space-separated, so ids may not contain spaces)"
-        )
-    uniq = pd.Series(s.unique())
-    numeric = uniq.map(looks_like_number).to_numpy()
-    if numeric.any():
-        v = uniq[numeric].iloc[0]
-        i = _first_bad((s == v).to_numpy())
-        raise ValueError(
-            f"{what} row {i}: column '{column}' value {v!r} looks like a number or missing value; "
-            "ids must be non-numeric strings (e.g. prefix them: 'u42', 'i42'; "
-            "the data.prepare CLI does this with --prefix-ids)"
-        )
-    return s
-
-
-def _check_timestamps(series: pd.Series, what: str) -> pd.Series:
-    if pd.api.types.is_integer_dtype(series.dtype):
-        return series.astype(np.int64)
-    if pd.api.types.is_bool_dtype(series.dtype):
-        raise ValueError(f"{what}: column '{TIMESTAMP}' is boolean, expected integer Unix seconds")
-    num = pd.to_numeric(series, errors="coerce")
-    bad = num.isna().to_numpy()
-    finite = num.fillna(0).to_numpy(dtype=float)
-    bad |= ~np.isfinite(finite)
-    bad |= np.abs(finite) > 2**62
-    bad |= np.floor(finite) != finite
-    if bad.any():
-        i = _first_bad(bad)
-        raise ValueError(
-            f"{what} row {i}: column '{TIMESTAMP}' value {series.iloc[i]!r} is not an integer "
-            "(expected Unix time in whole seconds)"
-        )
-    return num.astype(np.int64)
-
-
-def _clean_text(series: pd.Series) -> pd.Series:
-    """Missing -> '', newlines/tabs -> single spaces, stripped (one CSV record per line)."""
-    s = series.fillna("").astype(str)
-    return s.str.replace(r"[\r\n\t]+", " ", regex=True).str.strip()
-
-
-def validate_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
-    """Checked, normalised copy with the contract columns (no history yet); raises ValueError."""
-    what = "interactions"
-    _check_columns(interactions, REQUIRED_INTERACTION_COLUMNS, what)
-    if len(interactions) == 0:
-        raise ValueError("interactions is empty")
-    df = interactions.reset_index(drop=True)
-    out = pd.DataFrame(
-        {
-            USER_ID: _check_ids(df[USER_ID], what, USER_ID),
-            ITEM_ID: _check_ids(df[ITEM_ID], what, ITEM_ID),
-            TIMESTAMP: _check_timestamps(df[TIMESTAMP], what),
-        }
-    )
-    if RATING in df.columns:
-        raw = df[RATING]
-        num = pd.to_numeric(raw, errors="coerce")
-        bad = (num.isna() & raw.notna() & (raw.astype(str).str.strip() != "")).to_numpy()
-        if bad.any():
-            i = _first_bad(bad)
-            raise ValueError(f"{what} row {i}: column '{RATING}' value {raw.iloc[i]!r} is not a number")
-        out[RATING] = num.astype(float)
-    else:
-        out[RATING] = 1.0  # implicit feedback
-    return out
-
-
-def validate_items(items: pd.DataFrame) -> pd.DataFrame:
-    """Checked, normalised copy of the catalogue with the contract columns; raises ValueError."""
-    what = "items"
-    _check_columns(items, REQUIRED_ITEM_COLUMNS, what)
-    if len(items) == 0:
-        raise ValueError("items is empty")
-    df = items.reset_index(drop=True)
-    ids = _check_ids(df[ITEM_ID], what, ITEM_ID)
-    dup = ids.duplicated(keep="first").to_numpy()
-    if dup.any():
-        i = _first_bad(dup)
-        first = _first_bad((ids == ids.iloc[i]).to_numpy())
-        raise ValueError(
-            f"items row {i}: duplicate {ITEM_ID} {ids.iloc[i]!r} (first seen at row {first}); "
-            "item ids in the catalogue must be unique"
-        )
-    title = _clean_text(df[TITLE])
-    empty = (title == "").to_numpy()
-    if empty.any():
-        i = _first_bad(empty)
-        raise ValueError(f"items row {i} ({ITEM_ID} {ids.iloc[i]!r}): column '{TITLE}' is empty")
-    out = pd.DataFrame({ITEM_ID: ids, TITLE: title})
-    for col in (CATEGORIES, DESCRIPTION):
-        out[col] = _clean_text(df[col]) if col in df.columns else ""
-    return out
-
-
-def _check_catalogue(interactions: pd.DataFrame, items: pd.DataFrame) -> None:
-    unknown = ~interactions[ITEM_ID].isin(set(items[ITEM_ID])).to_numpy()
-    if unknown.any():
-        i = _first_bad(unknown)
-        n = int(interactions.loc[unknown, ITEM_ID].nunique())
-        raise ValueError(
-            f"interactions row {i}: {ITEM_ID} {interactions[ITEM_ID].iloc[i]!r} is not in the items "
-            f"catalogue ({n} distinct unknown item id(s)); every interacted item needs a catalogue row"
-        )
-
-
-# --------------------------------------------------------------------------------------------
 # Writing / reading
 # --------------------------------------------------------------------------------------------
 def _to_csv(df: pd.DataFrame, path: str) -> None:
@@ -331,17 +182,28 @@ def write_contract(
     items: pd.DataFrame,
     out_dir: str,
     test_fraction: float = 0.2,
+    dedupe: bool = False,
+    interactions_source: Source = validation.INTERACTIONS,
+    items_source: Source = validation.ITEMS,
 ) -> dict:
     """Validate, split chronologically per user, add history and write the contract layout.
+
+    Nothing is written unless both tables pass every rule of `data/rules.py`; a DataError names
+    the file (``*_source``; default: the table), column and first rows that break one. Exact copies
+    of an earlier row are rejected, or dropped and counted with ``dedupe=True``.
 
     ``history`` is computed over each user's full timeline before splitting, so eval rows may
     contain earlier eval items (always strictly earlier in time). Rows are written sorted by
     (user, time). A missing ``rating`` column is written as 1.0. Returns a summary dict with
     the file paths and row counts.
     """
-    inter = validate_interactions(interactions)
-    cat = validate_items(items)
-    _check_catalogue(inter, cat)
+    inter = validation.validate_interactions(interactions, interactions_source)
+    cat = validation.validate_items(items, items_source)
+    inter, inter_dropped = validation.drop_duplicates(inter, rules.DUPLICATE_KEY, interactions_source, dedupe)
+    cat, items_dropped = validation.drop_duplicates(cat, (ITEM_ID,), items_source, dedupe)
+    validation.check_catalogue(inter, cat, interactions_source, items_source)
+    inter = inter.reset_index(drop=True)
+    cat = cat.reset_index(drop=True)
     with_hist = add_history(inter)
     train, test = chronological_split(with_hist, test_fraction=test_fraction)
     train = train[INTERACTION_COLUMNS]
@@ -362,6 +224,8 @@ def write_contract(
         "users": int(inter[USER_ID].nunique()),
         "items": len(cat),
         "items_without_interactions": int((~cat[ITEM_ID].isin(interacted)).sum()),
+        "duplicates_dropped": {"interactions": inter_dropped, "items": items_dropped},
+        "id_changes": [],
     }
 
 
@@ -389,37 +253,65 @@ def read_contract(data_dir: str) -> Tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
 
 
 def summary_text(summary: dict) -> str:
-    return (
+    """What was written, plus every change made to the input (dropped duplicates, prefixed ids)."""
+    out_dir = os.path.dirname(os.path.dirname(os.path.dirname(summary["paths"]["train"])))
+    lines = [
         f"wrote {summary['train_rows']} train + {summary['eval_rows']} eval interactions "
         f"({summary['users']} users), {summary['items']} items "
-        f"({summary['items_without_interactions']} without interactions) under "
-        f"{os.path.dirname(os.path.dirname(os.path.dirname(summary['paths']['train'])))}"
-    )
+        f"({summary['items_without_interactions']} without interactions) under {out_dir}"
+    ]
+    dropped = summary.get("duplicates_dropped", {})
+    if any(dropped.values()):
+        lines.append(f"dropped exact duplicate rows (--dedupe): {dropped.get('interactions', 0)} interaction(s), "
+                     f"{dropped.get('items', 0)} item(s)")
+    lines += list(summary.get("id_changes", []))
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
-def prefix_ids(interactions: pd.DataFrame, items: pd.DataFrame,
+PREFIX_MODES = ("auto", "always", "never")
+
+
+def prefixed(ids: pd.Series, prefix: str) -> pd.Series:
+    """``prefix`` + id for every non-blank id; blank ids stay blank, so validation still rejects them."""
+    text = ids.fillna("").astype(str).str.strip()
+    return text.where(text == "", prefix + text)
+
+
+def _all_numbers(ids: pd.Series) -> bool:
+    """True if the column has non-blank ids and every one of them looks like a number."""
+    text = ids.fillna("").astype(str).str.strip()
+    distinct = pd.Series(text[text != ""].unique())
+    return bool(len(distinct)) and bool(distinct.map(rules.looks_like_number).all())
+
+
+def prefix_ids(interactions: pd.DataFrame, items: pd.DataFrame, mode: str = "auto",
                user_prefix: str = "u", item_prefix: str = "i") -> Tuple[pd.DataFrame, pd.DataFrame, List[str]]:
-    """Prefix a whole id column when any of its ids looks like a number. Returns notes on what changed."""
-    inter = interactions.copy()
-    cat = items.copy()
-    notes = []
-    if USER_ID in inter.columns and inter[USER_ID].dropna().astype(str).map(looks_like_number).any():
-        inter[USER_ID] = user_prefix + inter[USER_ID].astype(str).str.strip()
-        notes.append(f"user ids looked numeric: prefixed with '{user_prefix}'")
-    if ITEM_ID in inter.columns and ITEM_ID in cat.columns:
-        ids = pd.concat([inter[ITEM_ID], cat[ITEM_ID]]).dropna().astype(str)
-        if ids.map(looks_like_number).any():
-            inter[ITEM_ID] = item_prefix + inter[ITEM_ID].astype(str).str.strip()
-            cat[ITEM_ID] = item_prefix + cat[ITEM_ID].astype(str).str.strip()
-            notes.append(f"item ids looked numeric: prefixed with '{item_prefix}' in both files")
-    return inter, cat, notes
+    """Prefix id columns so ids stay strings; returns the changed frames and one line per change.
 
-
-def _read_raw(path: str, sep: str) -> pd.DataFrame:
-    return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8")
+    ``mode``: 'auto' prefixes a column only when *all* its non-blank ids look like numbers (item
+    ids: over both files), so an id the caller already uses as a string is never changed; 'always'
+    prefixes every id; 'never' changes nothing. Blank ids are left blank (and rejected later).
+    """
+    if mode not in PREFIX_MODES:
+        raise ValueError(f"prefix mode must be one of {PREFIX_MODES}, got {mode!r}")
+    inter, cat, changes = interactions.copy(), items.copy(), []
+    if mode == "never" or USER_ID not in inter.columns or ITEM_ID not in inter.columns or ITEM_ID not in cat.columns:
+        return inter, cat, changes  # missing columns are reported by validation
+    why = "--prefix-ids always" if mode == "always" else "every one looked like a number"
+    if mode == "always" or _all_numbers(inter[USER_ID]):
+        before = inter[USER_ID].astype(str).str.strip().iloc[0]
+        inter[USER_ID] = prefixed(inter[USER_ID], user_prefix)
+        changes.append(f"user ids prefixed with '{user_prefix}' ({why}), e.g. {before!r} -> {inter[USER_ID].iloc[0]!r}")
+    if mode == "always" or _all_numbers(pd.concat([inter[ITEM_ID], cat[ITEM_ID]])):
+        before = cat[ITEM_ID].astype(str).str.strip().iloc[0]
+        inter[ITEM_ID] = prefixed(inter[ITEM_ID], item_prefix)
+        cat[ITEM_ID] = prefixed(cat[ITEM_ID], item_prefix)
+        changes.append(f"item ids prefixed with '{item_prefix}' in both files ({why}), "
+                       f"e.g. {before!r} -> {cat[ITEM_ID].iloc[0]!r}")
+    return inter, cat, changes
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -429,13 +321,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "Convert your own interaction + item files into the data contract the pipeline reads: "
             "OUT/interactions/{train,eval}/interactions.csv and OUT/items/items.csv. Per user, the "
             "last --test-fraction of interactions by time become eval; a 'history' column (previous "
-            f"items, most recent last, at most {features.HISTORY_LENGTH}) is added."
+            f"items, most recent last, at most {contract.HISTORY_LENGTH}) is added."
         ),
         epilog=(
             "Input files are UTF-8 CSV with a header row. Interactions need columns "
-            "user_id,item_id,timestamp (integer Unix seconds) and optionally rating; items need "
-            "item_id,title and optionally categories ('|'-separated) and description. Every item in "
-            "the interactions must be in the items file; items nobody interacted with are kept. "
+            "user_id,item_id,timestamp (integer Unix seconds, 1970 to 2100) and optionally rating; items need "
+            "item_id,title and optionally categories ('|'-separated) and description. Ids may not be empty, "
+            "contain whitespace or look like numbers. Every item in the interactions must be in the items "
+            "file; items nobody interacted with are kept. Anything that breaks a rule is reported with its "
+            "file, line and column, and nothing is written. "
             "Example: python -m data.prepare --interactions events.csv --items items.csv --out data/mine"
         ),
     )
@@ -445,21 +339,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--test-fraction", type=float, default=0.2,
                         help="per-user fraction of latest interactions held out for eval (default 0.2)")
     parser.add_argument("--sep", default=",", help="field separator of both input files (default ',')")
-    parser.add_argument("--prefix-ids", choices=["auto", "never"], default="auto",
-                        help="'auto' (default): if ids look numeric, prefix user ids with 'u' and item ids "
-                             "with 'i' so they stay strings; 'never': fail instead")
+    parser.add_argument("--prefix-ids", choices=PREFIX_MODES, default="auto",
+                        help="'auto' (default): when every user id (or every item id) is a number, write them "
+                             "as u<id> (i<id>) so they stay strings, and say so; ids that are already strings are "
+                             "never changed. 'always': prefix every id. 'never': fail on number-like ids instead")
+    parser.add_argument("--dedupe", action="store_true",
+                        help="drop rows that exactly repeat an earlier row (and report how many) instead of failing")
     args = parser.parse_args(argv)
+    sources = (Source("interactions", path=args.interactions, sep=args.sep),
+               Source("items", path=args.items, sep=args.sep))
     try:
-        inter = _read_raw(args.interactions, args.sep)
-        cat = _read_raw(args.items, args.sep)
-        if args.prefix_ids == "auto":
-            inter, cat, notes = prefix_ids(inter, cat)
-            for note in notes:
-                print(f"note: {note}", file=sys.stderr)
-        summary = write_contract(inter, cat, args.out, test_fraction=args.test_fraction)
-    except (ValueError, FileNotFoundError, pd.errors.ParserError) as e:
+        inter = read_csv(sources[0], required=validation.REQUIRED_INTERACTION_COLUMNS)
+        cat = read_csv(sources[1], required=validation.REQUIRED_ITEM_COLUMNS)
+        inter, cat, changes = prefix_ids(inter, cat, args.prefix_ids)
+        summary = write_contract(inter, cat, args.out, test_fraction=args.test_fraction, dedupe=args.dedupe,
+                                 interactions_source=sources[0], items_source=sources[1])
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    summary["id_changes"] = changes
     print(summary_text(summary))
     return 0
 

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 import gate_pipeline_run as runs
+from data import prepare, rules
 from data.prepare import EVAL_FILE as EVAL_CSV, ITEMS_FILE as ITEMS_CSV, TRAIN_FILE as TRAIN_CSV
 from pipeline.configs import INTERACTIONS_SCHEMA, ITEMS_SCHEMA
 
@@ -30,11 +31,12 @@ def _artifact(cls, uri, splits=None):
     return artifact
 
 
-def _validate_input(input_base, splits, schema_path, work, hash_buckets_split=None):
-    """ExampleGen -> StatisticsGen -> ExampleValidator of one input, as pipeline/pipeline.py wires them."""
+_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+def _example_gen(input_base, splits, work, hash_buckets_split=None):
+    """CsvExampleGen of one input, as pipeline/pipeline.py configures it."""
     from tfx.components.example_gen.csv_example_gen import executor as csv_executor
-    from tfx.components.example_validator import executor as validator_executor
-    from tfx.components.statistics_gen import executor as stats_executor
     from tfx.proto import example_gen_pb2
     from tfx.types import standard_artifacts
     from tfx.utils import proto_utils
@@ -47,14 +49,24 @@ def _validate_input(input_base, splits, schema_path, work, hash_buckets_split=No
             splits=[example_gen_pb2.SplitConfig.Split(name=hash_buckets_split, hash_buckets=1)]))
     names = [name for name, _ in splits]
     examples = _artifact(standard_artifacts.Examples, os.path.join(work, "examples"), names)
-    beam_args = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-    csv_executor.Executor(csv_executor.Executor.Context(beam_pipeline_args=beam_args, tmp_dir=work)).Do(
+    csv_executor.Executor(csv_executor.Executor.Context(beam_pipeline_args=_BEAM_ARGS, tmp_dir=work)).Do(
         {}, {"examples": [examples]},
         {"input_base": input_base, "input_config": proto_utils.proto_to_json(input_config),
          "output_config": proto_utils.proto_to_json(output_config), "output_data_format": 6,
          "output_file_format": 5})
+    return examples
+
+
+def _validate_input(input_base, splits, schema_path, work, hash_buckets_split=None):
+    """ExampleGen -> StatisticsGen -> ExampleValidator of one input, as pipeline/pipeline.py wires them."""
+    from tfx.components.example_validator import executor as validator_executor
+    from tfx.components.statistics_gen import executor as stats_executor
+    from tfx.types import standard_artifacts
+
+    examples = _example_gen(input_base, splits, work, hash_buckets_split)
+    names = [name for name, _ in splits]
     statistics = _artifact(standard_artifacts.ExampleStatistics, os.path.join(work, "statistics"), names)
-    stats_executor.Executor(stats_executor.Executor.Context(beam_pipeline_args=beam_args, tmp_dir=work)).Do(
+    stats_executor.Executor(stats_executor.Executor.Context(beam_pipeline_args=_BEAM_ARGS, tmp_dir=work)).Do(
         {"examples": [examples]}, {"statistics": [statistics]}, {"exclude_splits": "[]"})
     schema = _artifact(standard_artifacts.Schema, os.path.join(work, "schema"))
     shutil.copy(schema_path, os.path.join(schema.uri, "schema.pbtxt"))
@@ -77,6 +89,18 @@ def _digest(*paths):
     return h.hexdigest()[:16]
 
 
+INTERACTION_SPLITS = [("train", "train/*"), ("eval", "eval/*")]
+ITEM_SPLITS = [("items", "*")]
+
+
+def _examples(data_dir, work_dir):
+    """CsvExampleGen outputs (interactions, items) of a contract directory, without statistics or validation."""
+    return (_example_gen(os.path.join(data_dir, "interactions"), INTERACTION_SPLITS,
+                         os.path.join(work_dir, "interactions")),
+            _example_gen(os.path.join(data_dir, "items"), ITEM_SPLITS, os.path.join(work_dir, "items"),
+                         hash_buckets_split="items"))
+
+
 def validate_contract(data_dir, work_dir):
     """The problems the pipeline's AnomalyGate raises for a contract directory (empty list: data OK)."""
     from pipeline.components.anomaly_gate import check_examples, read_anomalies
@@ -85,11 +109,11 @@ def validate_contract(data_dir, work_dir):
     items_key = _digest(os.path.join(data_dir, ITEMS_CSV))
     if ("i", inter_key) not in _CACHE:
         _CACHE[("i", inter_key)] = _validate_input(
-            os.path.join(data_dir, "interactions"), [("train", "train/*"), ("eval", "eval/*")],
+            os.path.join(data_dir, "interactions"), INTERACTION_SPLITS,
             INTERACTIONS_SCHEMA, os.path.join(work_dir, "interactions"))
     if ("c", items_key) not in _CACHE:
         _CACHE[("c", items_key)] = _validate_input(
-            os.path.join(data_dir, "items"), [("items", "*")], ITEMS_SCHEMA, os.path.join(work_dir, "items"),
+            os.path.join(data_dir, "items"), ITEM_SPLITS, ITEMS_SCHEMA, os.path.join(work_dir, "items"),
             hash_buckets_split="items")
     interactions, inter_anomalies = _CACHE[("i", inter_key)]
     items, item_anomalies = _CACHE[("c", items_key)]
@@ -193,6 +217,90 @@ def test_bad_data_is_rejected_with_a_clear_message(corrupt, expected, tiny_data,
     assert message, f"{corrupt.__name__} was not detected"
     for text in expected:
         assert text.lower() in message.lower(), message
+
+
+# -- the row rules of data/rules.py: the same answer from data.prepare and from the pipeline ------
+# Each corruption touches its own rows, so all of them go through ExampleGen once, together.
+def _set(d, rel, row, column, value):
+    df = _read(d, rel)
+    df.loc[row, column] = value
+    _write(df, d, rel)
+
+
+def empty_user_id(d):
+    _set(d, TRAIN_CSV, 1, "user_id", "")
+
+
+def whitespace_user_id(d):
+    _set(d, TRAIN_CSV, 2, "user_id", "   ")
+
+
+def empty_item_id(d):
+    _set(d, EVAL_CSV, 1, "item_id", "")
+
+
+def item_id_with_space(d):
+    _set(d, TRAIN_CSV, 3, "item_id", "i0001 x")
+
+
+def number_like_user_id(d):
+    _set(d, TRAIN_CSV, 4, "user_id", "42")
+
+
+def negative_timestamp(d):
+    _set(d, TRAIN_CSV, 5, "timestamp", "-86400")
+
+
+def blank_title(d):
+    _set(d, ITEMS_CSV, 6, "title", "  ")
+
+
+def blank_catalogue_id(d):
+    _set(d, ITEMS_CSV, 7, "item_id", " ")
+
+
+ROW_RULE_CASES = [  # (corruption, the split, the column, the problem in data/rules.py's words)
+    (empty_user_id, "interactions train", "user_id", rules.BLANK),
+    (whitespace_user_id, "interactions train", "user_id", rules.BLANK),
+    (empty_item_id, "interactions eval", "item_id", rules.BLANK),
+    (item_id_with_space, "interactions train", "item_id", rules.ID_WHITESPACE),
+    (number_like_user_id, "interactions train", "user_id", rules.ID_NUMBER_LIKE),
+    (negative_timestamp, "interactions train", "timestamp", rules.TIMESTAMP_OUT_OF_RANGE),
+    (blank_title, "items items", "title", rules.BLANK),
+    (blank_catalogue_id, "items items", "item_id", rules.BLANK),
+]
+
+
+@pytest.fixture(scope="module")
+def row_rule_problems(tiny_data, tmp_path_factory):
+    """check_examples on the ExampleGen outputs of one contract folder holding every row-rule corruption."""
+    from pipeline.components.anomaly_gate import check_examples
+
+    base = tmp_path_factory.mktemp("row_rules")
+    data_dir = str(base / "data")
+    shutil.copytree(tiny_data, data_dir)
+    for corrupt, *_ in ROW_RULE_CASES:
+        corrupt(data_dir)
+    return check_examples(*_examples(data_dir, str(base / "work")))
+
+
+@pytest.mark.parametrize("corrupt,split,column,problem", ROW_RULE_CASES, ids=[c.__name__ for c, *_ in ROW_RULE_CASES])
+def test_row_rules_give_the_same_answer_in_data_prepare_and_the_pipeline(
+        corrupt, split, column, problem, row_rule_problems, tiny_data, tmp_path, capsys):
+    # The pipeline's AnomalyGate check on a hand-written contract folder...
+    found = [p for p in row_rule_problems if p.startswith(f"{split}: column '{column}' {problem} in ")]
+    assert found, "\n".join(row_rule_problems)
+    # ...and data.prepare on the same files, one corruption at a time, name the same column and problem.
+    data_dir = str(tmp_path / "data")
+    shutil.copytree(tiny_data, data_dir)
+    corrupt(data_dir)
+    rel = EVAL_CSV if split == "interactions eval" else TRAIN_CSV
+    code = prepare.main(["--interactions", os.path.join(data_dir, rel), "--items", os.path.join(data_dir, ITEMS_CSV),
+                         "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"column '{column}' {problem} in 1 row(s): line " in err, err
+    assert not (tmp_path / "out").exists()
 
 
 # -- the real pipeline -----------------------------------------------------------------------------

@@ -84,6 +84,39 @@ def _is_utf8(value: bytes) -> bool:
         return False
 
 
+def _text(value):
+    """A value read by `_read_split` as text; None (a missing value) stays None."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return None if value is None else str(value)
+
+
+def _display(value) -> str:
+    """repr of a value with bytes decoded: 'u0001', None, 1579316128."""
+    return repr(_text(value) if isinstance(value, bytes) else value)
+
+
+def _row_rule_problems(name: str, split: str, rows: "dict[str, list]") -> "list[str]":
+    """The row rules of `data.rules` (ids, required text, timestamp range), naming the first rows that break them."""
+    from data import rules
+
+    bad = collections.defaultdict(list)  # (column, problem) -> row numbers in the split
+    for column in rules.ID_COLUMNS[name]:
+        for i, value in enumerate(rows[column]):
+            problem = rules.id_problem(_text(value))
+            if problem:
+                bad[(column, problem)].append(i)
+    for column in rules.TEXT_COLUMNS.get(name, ()):
+        bad[(column, rules.BLANK)] += [i for i, value in enumerate(rows[column]) if rules.is_blank(_text(value))]
+    for i, value in enumerate(rows.get(contract.TIMESTAMP, ())):
+        if isinstance(value, int) and not rules.timestamp_in_range(value):
+            bad[(contract.TIMESTAMP, rules.TIMESTAMP_OUT_OF_RANGE)].append(i)
+    shown = rules.DUPLICATE_KEY if name == "interactions" else (contract.ITEM_ID, contract.TITLE)
+    return [f"{name} {split}: column '{column}' {problem} in {len(index)} row(s), first: "
+            + "; ".join(" ".join(f"{c}={_display(rows[c][i])}" for c in shown) for i in index[:_MAX_EXAMPLES_SHOWN])
+            for (column, problem), index in bad.items() if index]
+
+
 def check_examples(interactions, items, interaction_splits=(contract.TRAIN_SPLIT, contract.EVAL_SPLIT),
                    item_split=contract.ITEMS_SPLIT) -> "list[str]":
     """Referential integrity, duplicates and UTF-8 of the ExampleGen outputs, one line per problem.
@@ -96,12 +129,14 @@ def check_examples(interactions, items, interaction_splits=(contract.TRAIN_SPLIT
       Readable problems, e.g. "interactions train: column 'item_id': 2 item id(s) outside the domain ...";
       empty when the data is fine.
     """
+    from data import rules
 
     problems = []
     catalogue = _read_split(items, item_split, contract.ITEM_COLUMNS)
     if not catalogue[contract.ITEM_ID]:
         problems.append(f"items {item_split}: dataset: no rows (empty file?)")
     problems += _utf8_problems("items", item_split, catalogue)
+    problems += _row_rule_problems("items", item_split, catalogue)
     item_ids = [v for v in catalogue[contract.ITEM_ID] if v is not None]
     counts = collections.Counter(item_ids)
     duplicated = {v for v, n in counts.items() if n > 1}
@@ -115,17 +150,18 @@ def check_examples(interactions, items, interaction_splits=(contract.TRAIN_SPLIT
         if not rows[contract.USER_ID]:
             problems.append(f"interactions {split}: dataset: no rows (empty file?)")
         problems += _utf8_problems("interactions", split, rows)
+        problems += _row_rule_problems("interactions", split, rows)
         unknown = {v for v in rows[contract.ITEM_ID] if v is not None and v not in known}
         if unknown:
             problems.append(
                 f"interactions {split}: column '{contract.ITEM_ID}': {len(unknown)} item id(s) outside the domain "
                 f"(not in the item catalogue): {_shown(unknown)}")
-        keys = list(zip(*(rows[c] for c in (contract.USER_ID, contract.ITEM_ID, contract.TIMESTAMP))))
+        keys = list(zip(*(rows[c] for c in rules.DUPLICATE_KEY)))
         repeated = [key for key in keys if key in seen_rows or seen_rows.setdefault(key, split) != split]
         if repeated:
             problems.append(
-                f"interactions {split}: duplicated rows: {len(repeated)} row(s) repeat an earlier "
-                f"(user_id, item_id, timestamp): {_shown(set(repeated))}")
+                f"interactions {split}: {rules.DUPLICATE_ROWS}: {len(repeated)} row(s) {rules.DUPLICATE_ROWS_DETAIL}: "
+                f"{_shown(set(repeated))}")
     return problems
 
 
@@ -139,7 +175,8 @@ def AnomalyGate(
     """Raises DataAnomalyError listing every anomaly in interactions and items.
 
     With `interactions` and `items` (the ExampleGen outputs) it also checks what the schema cannot:
-    interaction item ids outside the catalogue, duplicated rows / item ids, invalid UTF-8.
+    interaction item ids outside the catalogue, duplicated rows / item ids, invalid UTF-8, and the row rules
+    `data.prepare` applies (`data/rules.py`: blank or malformed ids, blank titles, timestamps out of range).
     """
     problems = [f"interactions {p}" for p in read_anomalies(interaction_anomalies)]
     problems += [f"items {p}" for p in read_anomalies(item_anomalies)]
