@@ -75,8 +75,8 @@ def main(argv=None) -> dict:
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     from serving.client import RecommenderClient
-    from serving.model_manager import Signature
-    from serving.server import ServerProcess
+    from serving.servable import Signature
+    from serving.testing import ServerProcess
     from serving.synthetic_model import build_synthetic_model
 
     tmp = None

@@ -31,6 +31,7 @@ from tfx.utils import io_utils, path_utils
 
 from pipeline.components.gate_config import ServingCheckConfig  # noqa: F401  (re-exported)
 from pipeline.components.serving_ops import TF_TEXT_2_12_OPS
+from serving import layout
 from trainer import features
 
 RESULT_FILE = "serving_check.json"
@@ -66,12 +67,14 @@ def probe(model_dir: str, cfg: ServingCheckConfig) -> dict:
                 "model_dir": model_dir,
                 "tf_text_ops": sorted(TF_TEXT_2_12_OPS),
                 "expected_signatures": EXPECTED_SIGNATURES,
+                "warmup_file": layout.WARMUP_FILE,
+                "max_warmup_records": layout.MAX_WARMUP_RECORDS,
                 "latency_calls": cfg.latency_calls,
-                "latency_inputs": {
+                "latency_inputs": {   # a batched request, as clients send it (k per row)
                     features.USER_ID: [["serving-check-user"], "string"],
                     features.HISTORY: [[[features.PAD]], "string"],
                     features.INPUT_EXCLUDE: [[[features.PAD]], "string"],
-                    features.INPUT_K: [10, "int32"],
+                    features.INPUT_K: [[10], "int32"],
                 },
                 "project_packages": PROJECT_PACKAGES,
             }, f)
@@ -100,7 +103,7 @@ def judge(result: dict, cfg: ServingCheckConfig) -> tuple[bool, list[str]]:
         reasons.append(f"FAIL warmup replay: {len(warmup['errors'])} of {warmup['records']} requests failed: "
                        f"{warmup['errors'][0]}")
     elif not warmup.get("file") and cfg.require_warmup:
-        reasons.append("FAIL no assets.extra/tf_serving_warmup_requests")
+        reasons.append(f"FAIL no {layout.WARMUP_FILE}")
     else:
         reasons.append(f"PASS warmup replay of {warmup.get('records', 0)} requests")
     latency = result.get("latency_ms")
