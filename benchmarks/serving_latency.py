@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     from serving.client import RecommenderClient
-    from serving.servable import Signature
+    from serving.servable import bind_call
     from serving.testing import ServerProcess
     from serving.synthetic_model import build_synthetic_model
 
@@ -98,8 +98,7 @@ def main(argv=None) -> dict:
     q = loaded.signatures["query_embedding"](user_id=tf.constant(["user_1"]), history=tf.zeros([1, 0], tf.string))
     d = int(q["embedding"].shape[-1])
     # The floor does the same work on a table of the catalogue's size (values do not matter for timing).
-    catalogue = getattr(loaded, "candidates", None)          # trainer/export.py's RecommenderModule
-    catalogue = catalogue if catalogue is not None else getattr(loaded, "item_table", None)  # synthetic model
+    catalogue = loaded.index.item_vectors                     # trainer.retrieval_index.BruteForceIndex
     n_items = int(catalogue.shape[0]) if catalogue is not None else a.num_items
     table = np.random.default_rng(0).normal(size=(n_items, d)).astype(np.float32)
     results.update(num_items=n_items, dim=d)
@@ -113,28 +112,28 @@ def main(argv=None) -> dict:
         rows[f"numpy floor, k={k}"] = _pcts(_time_calls(np_topk, a.requests))
 
     for k in (10, 100):
-        args = dict(user_id=tf.constant(["user_1"]), history=tf.constant([["item_1", ""]]),
-                    exclude=tf.zeros([1, 0], tf.string), k=tf.constant(k, tf.int32))
+        args = dict(user_id=tf.constant(["user_1"]), history=tf.constant([["", "item_1"]]),
+                    exclude=tf.constant([[""]]), k=tf.constant([k], tf.int32))
         rows[f"in-process signature, k={k}: ConcreteFunction(**kwargs)"] = _pcts(
             _time_calls(lambda: sig(**args), a.requests))
         _, specs = sig.structured_input_signature
-        bound = Signature("serving_default", sig, dict(specs), dict(sig.structured_outputs))
+        bound = bind_call(sig, dict(specs), dict(sig.structured_outputs))
         rows[f"in-process signature, k={k}: server's bound call"] = _pcts(
-            _time_calls(lambda: {n: t.numpy() for n, t in bound.call(args).items()}, a.requests))
+            _time_calls(lambda: {n: t.numpy() for n, t in bound(args).items()}, a.requests))
 
     # The split: TF's per-call overhead (identity function, same inputs) and the top-k ops alone.
     S = tf.TensorSpec
 
     @tf.function(input_signature=[S([None], tf.string), S([None, None], tf.string), S([None, None], tf.string),
-                                  S([], tf.int32)])
+                                  S([None], tf.int32)])
     def identity(user_id, history, exclude, k):
         return {"item_ids": tf.reshape(user_id, [-1, 1]), "scores": tf.fill([tf.shape(user_id)[0], 1], 0.0)}
-    ident = Signature("identity", identity.get_concrete_function(),
+    ident = bind_call(identity.get_concrete_function(),
                       {"user_id": S([None], tf.string), "history": S([None, None], tf.string),
-                       "exclude": S([None, None], tf.string), "k": S([], tf.int32)},
+                       "exclude": S([None, None], tf.string), "k": S([None], tf.int32)},
                       {"item_ids": S([None, None], tf.string), "scores": S([None, None], tf.float32)})
     rows["identity function, same inputs (TF call overhead)"] = _pcts(
-        _time_calls(lambda: {n: t.numpy() for n, t in ident.call(args).items()}, a.requests))
+        _time_calls(lambda: {n: t.numpy() for n, t in ident(args).items()}, a.requests))
     table_t = tf.constant(table)
     query_t = tf.constant(query)
 
@@ -142,18 +141,18 @@ def main(argv=None) -> dict:
     def matmul_top_k(q, k):
         top = tf.math.top_k(tf.matmul(q, table_t, transpose_b=True), k=k)
         return {"indices": top.indices, "values": top.values}
-    core = Signature("core", matmul_top_k.get_concrete_function(), {"q": S([None, d]), "k": S([], tf.int32)},
+    core = bind_call(matmul_top_k.get_concrete_function(), {"q": S([None, d]), "k": S([], tf.int32)},
                      {"indices": S([None, None], tf.int32), "values": S([None, None], tf.float32)})
     for k in (10, 100):
         kk = tf.constant(k)
         rows[f"matmul + tf.math.top_k only, k={k}"] = _pcts(
-            _time_calls(lambda: {n: t.numpy() for n, t in core.call({"q": query_t, "k": kk}).items()}, a.requests))
+            _time_calls(lambda: {n: t.numpy() for n, t in core({"q": query_t, "k": kk}).items()}, a.requests))
     del loaded, sig
 
     # ---- through the server
     log_path = os.path.join(tmp or tempfile.gettempdir(), "serving_bench_server.log")
     with ServerProcess(base, a.model_name, log_path=log_path,
-                       extra_args=["--no_warmup", *a.server_args.split()]) as srv:
+                       extra_args=["--enable_model_warmup", "false", *a.server_args.split()]) as srv:
         client = RecommenderClient(srv.grpc_target, a.model_name, timeout_s=10)
         rows["gRPC Predict batch 1, k=10 (client)"] = _pcts(
             _time_calls(lambda: client.recommend("user_1", 10, ["item_1"]), a.requests))
