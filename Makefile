@@ -72,7 +72,7 @@ bench-encoder: setup encoder  ## Item-text encoding throughput (dynamic vs fixed
 bench-quality: setup encoder  ## Recall/NDCG vs MostPopular and EASE on ml-latest-small (../shared).
 	$(PY) -m benchmarks.quality --data $(MOVIELENS) --format auto --out benchmarks/results
 
-bench-serving: setup  ## Serving latency/throughput vs a numpy top-k floor; faults and load (swaps, restart, bad input).
+bench-serving: setup encoder sample  ## Serving latency/throughput vs a numpy top-k floor; faults and load (swaps, restart, bad input).
 	$(PY) -m benchmarks.serving_latency --out benchmarks/results/serving.json
 	$(PY) -m benchmarks.serving_faults --out benchmarks/results/serving_faults.json
 
