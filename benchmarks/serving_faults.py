@@ -303,6 +303,14 @@ def main(argv=None) -> dict:
         entry["statuses"][status] = entry["statuses"].get(status, 0) + 1
     bad_outside = [b for b in bad if not (lo is not None and lo <= b[0] <= hi + 1.0)]
     growth = [p["peak_mb"] - p["baseline_mb"] for p in processes if p["baseline_mb"]]
+    # Retention per swap once the allocator has room for two versions: RSS just before the restart against
+    # RSS 1 s before the third push (both in the first process).
+    pushes = [t for t, e in events if e.startswith("push") and (lo is None or t < lo)]
+    per_swap = None
+    if lo is not None and len(pushes) >= 4:
+        before = [v for t, v in rss if t < pushes[2] - 1.0][-1]
+        end = [v for t, v in rss if t < lo][-1]
+        per_swap = round((end - before) / (len(pushes) - 2), 2)
     results = {
         "model": f"synthetic ({a.num_items} items, d=64)",
         "settings": {"server": "serving.server, production batching (serving/config/batching_parameters.txt)",
@@ -321,7 +329,8 @@ def main(argv=None) -> dict:
         "versions_pushed": next_version[0] - 1,
         "rss_mb": {"processes": [{k: round(v, 1) if isinstance(v, float) else v for k, v in p.items() if k != "pid"}
                                  for p in processes],
-                   "peak_growth_mb": round(max(growth), 1) if growth else None, "bound_mb": a.rss_bound_mb},
+                   "peak_growth_mb": round(max(growth), 1) if growth else None, "bound_mb": a.rss_bound_mb,
+                   "retained_per_swap_after_second_mb": per_swap},
         "server_errors_logged": server_log.count(" ERROR "),
         "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "cpus": os.cpu_count(),
         "events": [(round(t, 2), e) for t, e in events],
@@ -364,6 +373,7 @@ def _markdown(r: dict) -> str:
              f"({'met' if r['targets']['all_malformed_rejected'] else 'MISSED'}) |",
              f"| peak RSS growth over the loaded model | {r['rss_mb']['peak_growth_mb']} MB | "
              f"<= {r['rss_mb']['bound_mb']:.0f} MB ({'met' if r['targets']['rss_growth_within_bound'] else 'MISSED'}) |",
+             f"| RSS retained per swap after the second | {r['rss_mb']['retained_per_swap_after_second_mb']} MB | |",
              "", "| malformed case | sent | rejected | statuses |", "|---|---:|---:|---|"]
     for name, c in m["cases"].items():
         lines.append(f"| {name} | {c['sent']} | {c['rejected']} | "

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import threading
@@ -210,11 +211,12 @@ class ModelManager:
             while not servable.wait_idle(60):
                 log.warning("Version %d still has %d in-flight requests; waiting", version, servable.inflight)
             servable.close()
+            gc.collect()                # a loaded SavedModel is a large cyclic graph: free it now, not later
             self._set_state(version, VersionState(END))
             log.info("Done unloading servable version {name: %s version: %d}", self.model_name, version)
 
         thread = threading.Thread(target=finish, name=f"unload-{version}", daemon=True)
-        self._unloaders.append(thread)
+        self._unloaders = [t for t in self._unloaders if t.is_alive()] + [thread]
         thread.start()
 
     def _replay_warmup(self, servable: Servable) -> None:

@@ -132,9 +132,6 @@ def make_handler(manager: ModelManager, options: RestOptions = RestOptions()):
             raise invalid(f"Malformed request: {method} {path}")
 
         def _post(self, method, name, version, label, body: bytes, deadline: float) -> dict:
-            if version is not None and label is not None:
-                raise invalid(f"Both model version ({version}) and model version label ({label}) cannot be "
-                              f"supplied.")
             doc = rest_json.loads(body, options.max_json_depth)
             signature_name = rest_json.signature_name(doc)
             servable = manager.acquire(name, version, label)

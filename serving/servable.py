@@ -259,6 +259,7 @@ class Servable:
                                explain_shapes(sig, arrays) + clean_tf_message(e.message)) from None
 
     def close(self) -> None:
-        """Drops the model's objects (called once no request holds the version)."""
+        """Drops the model's objects (called once no request holds the version); the caller collects them."""
         self.loaded = None
         self.signatures = {}
+        self.batcher = None             # it refers back to self.execute

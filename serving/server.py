@@ -188,7 +188,10 @@ def main(argv=None) -> int:
     stop = threading.Event()
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, lambda *_: stop.set())
-    stop.wait()
+    # Wake up regularly: a signal delivered to another thread (gRPC's, TF's) only runs its Python handler once
+    # the main thread executes bytecode, which an untimed wait would never do.
+    while not stop.wait(0.5):
+        pass
     server.shutdown(args.drain_timeout_s)
     log.info("Server stopped")
     return 0
