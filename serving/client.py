@@ -65,10 +65,12 @@ class RecommenderClient:
     # ------------------------------------------------------------------ public API
     def recommend(self, user_id: str, k: int = 10, history: Sequence[str] = (),
                   exclude: Sequence[str] = ()) -> list[tuple[str, float]]:
+        """Up to k (item_id, score) pairs, best first; fewer when exclusions leave fewer items."""
         return self.recommend_batch([user_id], k, [history], [exclude])[0]
 
     def recommend_batch(self, user_ids: Sequence[str], k: int = 10, histories: Sequence[Sequence[str]] | None = None,
                         excludes: Sequence[Sequence[str]] | None = None) -> list[list[tuple[str, float]]]:
+        """One request for several users (histories/excludes of any widths); a list of results per user."""
         user_ids = [str(u) for u in user_ids]
         b = len(user_ids)
         if int(k) < 1:
