@@ -288,8 +288,8 @@ def main(argv=None) -> dict:
         for t in threads[1:]:
             t.join(60)
         srv.stop()
-    server_log = srv.log_text()
-    shutil.rmtree(tmp, ignore_errors=True)
+        server_log = srv.log_text()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     lo, hi = restart_window
     in_window = [g for g in good if lo is not None and lo <= g[0] <= hi + 1.0]

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -231,13 +232,16 @@ def main(argv=None) -> dict:
                                   "batching off": "--enable_batching=false (TF Serving's default)",
                                   "2 batch threads": "production with num_batch_threads 2"},
                      "requests": a.requests, "host": platform.node(), "cpus": os.cpu_count(), "runs": []}
-    for model, base in models.items():
-        rows, info = in_process(layout.latest_version_dir(base), a.requests)
-        model = f"{model}, {info['num_items']} items, d={info['dim']}" if model.startswith("pipeline") else model
-        results["runs"].append({"model": model, "settings": "in-process (no server)", "rows": rows})
-        for name, flags in settings.items():
-            rows, throughput = through_server(base, a.model_name, flags, info, a)
-            results["runs"].append({"model": model, "settings": name, "rows": rows, "throughput": throughput})
+    try:
+        for model, base in models.items():
+            rows, info = in_process(layout.latest_version_dir(base), a.requests)
+            model = f"{model}, {info['num_items']} items, d={info['dim']}" if model.startswith("pipeline") else model
+            results["runs"].append({"model": model, "settings": "in-process (no server)", "rows": rows})
+            for name, flags in settings.items():
+                rows, throughput = through_server(base, a.model_name, flags, info, a)
+                results["runs"].append({"model": model, "settings": name, "rows": rows, "throughput": throughput})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     results["load_avg_before"] = load_before
     results["load_avg_after"] = os.getloadavg()
     results["targets"] = _targets(results["runs"], f"synthetic ({a.num_items} items, d=64)")
