@@ -75,8 +75,9 @@ bench-encoder: setup encoder  ## Item-text encoding throughput (dynamic vs fixed
 bench-quality: setup encoder  ## Recall/NDCG vs MostPopular and EASE on ml-latest-small (../shared).
 	$(PY) -m benchmarks.quality --data $(MOVIELENS) --format auto --out benchmarks/results
 
-bench-serving: setup  ## gRPC/REST latency and throughput against a numpy top-k floor.
+bench-serving: setup encoder sample  ## Serving latency/throughput vs a numpy top-k floor; faults and load (swaps, restart, bad input).
 	$(PY) -m benchmarks.serving_latency --out benchmarks/results/serving.json
+	$(PY) -m benchmarks.serving_faults --out benchmarks/results/serving_faults.json
 
 serve: setup  ## Serve the pushed model over TF Serving's gRPC (8500) and REST (8501) APIs on localhost.
 	$(PY) -m serving.server --model_base_path outputs/serving_model/tower_recs --model_name tower_recs

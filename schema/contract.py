@@ -68,5 +68,3 @@ OUTPUT_SCORES = "scores"
 OUTPUT_EMBEDDING = "embedding"
 # Pad value for fixed-width string inputs (history, exclude): ignored by the model.
 PAD = ""
-# TF Serving replays these PredictionLogs (TFRecord) from the version directory before serving it.
-WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"

@@ -1,4 +1,4 @@
-"""TF Serving artefacts, a TF Serving-protocol local server and clients."""
+"""TF Serving artefacts (Dockerfile, configs), a TF Serving stand-in server and its clients."""
 import os
 
 # TFRS 0.7.7 and TF Hub need Keras 2; this must happen before TensorFlow is imported.

@@ -11,21 +11,21 @@ CLI (console script ``recommend``):
               [--target localhost:8500] [--model_name tower_recs] [--items data/items.csv]
 
 prints one line per result: rank, item id, score and (with ``--items``) the title.
+
+Requests use the batched contract of ``serving_default`` (trainer/serving_model.py): ``k`` per row ([B]) and
+history/exclude rows that start with a "" column, so TF Serving's server-side batching can merge them with
+other requests without changing answers (see serving/config/batching_parameters.txt). Entries padded
+past a row's k ("" ids) are dropped from the results.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
-import os
 import sys
 import urllib.error
 import urllib.request
 from typing import Sequence
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import numpy as np  # noqa: E402
 
 PAD = ""
 SIGNATURE = "serving_default"
@@ -41,11 +41,16 @@ class RecommendError(RuntimeError):
 
 
 def _pad(rows: Sequence[Sequence[str]]) -> list[list[str]]:
-    width = max((len(r) for r in rows), default=0)
-    return [list(r) + [PAD] * (width - len(r)) for r in rows]
+    """Rows left-padded with PAD to one width, every row starting with PAD: TF Serving pads a request's
+    rows with its first element when it merges requests of different widths, and PAD is what the model
+    ignores."""
+    width = max((len(r) for r in rows), default=0) + 1
+    return [[PAD] * (width - len(r)) + list(r) for r in rows]
 
 
 class RecommenderClient:
+    """Top-k recommendations from the served model, over gRPC (``target``) or REST (``rest_url``)."""
+
     def __init__(self, target: str = "localhost:8500", model_name: str = "tower_recs", timeout_s: float = 5.0,
                  rest_url: str | None = None, signature_name: str = SIGNATURE, version: int | None = None):
         self.target = target
@@ -60,12 +65,16 @@ class RecommenderClient:
     # ------------------------------------------------------------------ public API
     def recommend(self, user_id: str, k: int = 10, history: Sequence[str] = (),
                   exclude: Sequence[str] = ()) -> list[tuple[str, float]]:
+        """Up to k (item_id, score) pairs, best first; fewer when exclusions leave fewer items."""
         return self.recommend_batch([user_id], k, [history], [exclude])[0]
 
     def recommend_batch(self, user_ids: Sequence[str], k: int = 10, histories: Sequence[Sequence[str]] | None = None,
                         excludes: Sequence[Sequence[str]] | None = None) -> list[list[tuple[str, float]]]:
+        """One request for several users (histories/excludes of any widths); a list of results per user."""
         user_ids = [str(u) for u in user_ids]
         b = len(user_ids)
+        if int(k) < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
         histories = _pad(histories if histories is not None else [()] * b)
         excludes = _pad(excludes if excludes is not None else [()] * b)
         if len(histories) != b or len(excludes) != b:
@@ -74,7 +83,7 @@ class RecommenderClient:
             ids, scores = self._rest(user_ids, histories, excludes, int(k))
         else:
             ids, scores = self._grpc(user_ids, histories, excludes, int(k))
-        return [[(i, float(s)) for i, s in zip(ri, rs)] for ri, rs in zip(ids, scores)]
+        return [[(i, float(s)) for i, s in zip(ri, rs) if i != PAD] for ri, rs in zip(ids, scores)]
 
     def close(self) -> None:
         if self._channel is not None:
@@ -114,9 +123,10 @@ class RecommenderClient:
         strings(inputs["user_id"], user_ids, [b])
         strings(inputs["history"], histories, [b, len(histories[0]) if b else 0])
         strings(inputs["exclude"], excludes, [b, len(excludes[0]) if b else 0])
-        kt = inputs["k"]                      # scalar: no dims
+        kt = inputs["k"]                      # one k per row: every input has the batch dimension
         kt.dtype = types_pb2.DT_INT32
-        kt.int_val.append(k)
+        kt.tensor_shape.dim.add().size = b
+        kt.int_val.extend([k] * b)
         try:
             resp = self._stub.Predict(req, timeout=self.timeout_s)
         except grpc.RpcError as e:
@@ -129,7 +139,7 @@ class RecommenderClient:
         if self.version is not None:
             url += f"/versions/{int(self.version)}"
         body = {"signature_name": self.signature_name,
-                "inputs": {"user_id": user_ids, "history": histories, "exclude": excludes, "k": k}}
+                "inputs": {"user_id": user_ids, "history": histories, "exclude": excludes, "k": [k] * len(user_ids)}}
         req = urllib.request.Request(url + ":predict", data=json.dumps(body).encode("utf-8"),
                                      headers={"Content-Type": "application/json"}, method="POST")
         try:
@@ -157,10 +167,14 @@ def _decode_strings(t) -> list[list[str]]:
 
 
 def _decode_floats(t) -> list[list[float]]:
+    """float_val (what TF Serving writes) or tensor_content."""
     b, k = _shape(t)
-    arr = np.frombuffer(t.tensor_content, dtype=np.float32) if t.tensor_content else np.asarray(t.float_val,
-                                                                                                 np.float32)
-    return arr.reshape(b, k).tolist()
+    if t.tensor_content:
+        import numpy as np
+        values = np.frombuffer(t.tensor_content, dtype=np.float32).tolist()
+    else:
+        values = list(t.float_val)
+    return [values[i * k:(i + 1) * k] for i in range(b)]
 
 
 def load_titles(path: str) -> dict[str, str]:

@@ -4,9 +4,9 @@ Used by the serving tests and the latency benchmark, so neither needs a trained 
 writes is the Pusher's: ``<base>/<model_name>/<version>/saved_model.pb`` plus
 ``assets.extra/tf_serving_warmup_requests``.
 
-Signatures (names from ``trainer.features``):
-  serving_default      user_id [B] string, history [B, H] string, exclude [B, E] string, k [] int32
-                       -> item_ids [B, k] string, scores [B, k] float32
+Signatures (names from ``schema.contract``; top-k through ``trainer.retrieval_index``, as the export):
+  serving_default      user_id [B] string, history [B, H] string, exclude [B, E] string, k [B] int32
+                       -> item_ids [B, K] string, scores [B, K] float32 (K = max k; "" / -inf past a row's k)
   serve_tf_examples    examples [B] string (tf.Example: user_id, history = one space-separated string)
                        -> item_ids, scores (k = default_k)
   query_embedding      user_id [B], history [B, H] -> embedding [B, D]
@@ -20,15 +20,13 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from schema import contract as F  # noqa: E402
-from trainer.model_config import ModelConfig  # noqa: E402
-
-WARMUP_FILE = "tf_serving_warmup_requests"
+from serving import layout
+from schema import contract as F
+from trainer.model_config import ModelConfig
+from trainer.retrieval_index import BruteForceIndex
 
 
 class SyntheticRetrieval(tf.Module):
@@ -38,54 +36,43 @@ class SyntheticRetrieval(tf.Module):
                  max_k: int | None = None, default_k: int | None = None, item_prefix: str = "item_"):
         super().__init__()
         cfg = ModelConfig()
-        self.max_k = int(max_k if max_k is not None else cfg.max_k)
         self.default_k = int(default_k if default_k is not None else cfg.default_k)
         rng = np.random.default_rng(seed)
         self.item_id_list = [f"{item_prefix}{i}" for i in range(num_items)]
         self.user_id_list = [f"user_{i}" for i in range(num_users)]
-        self.item_ids = tf.constant(self.item_id_list)
         # Row 0 of each table is the out-of-vocabulary embedding.
         self.user_table = tf.Variable(rng.normal(size=(num_users + 1, dim)).astype(np.float32), trainable=False)
-        self.item_table = tf.Variable(rng.normal(size=(num_items, dim)).astype(np.float32), trainable=False)
+        item_vectors = rng.normal(size=(num_items, dim)).astype(np.float32)
         self.text_table = tf.Variable(rng.normal(size=(1024, dim)).astype(np.float32), trainable=False)
         self.user_lookup = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(self.user_id_list),
                                                 tf.range(1, num_users + 1, dtype=tf.int64)), default_value=0)
-        self.item_lookup = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(self.item_ids, tf.range(num_items, dtype=tf.int64)),
-            default_value=-1)
+        self.index = BruteForceIndex(self.item_id_list, item_vectors,
+                                     max_k=max_k if max_k is not None else cfg.max_k, max_exclude=cfg.max_exclude)
 
     def _query(self, user_id, history):
         user = tf.gather(self.user_table, self.user_lookup.lookup(user_id))
-        idx = self.item_lookup.lookup(history)                              # [B, H], -1 = pad/unknown
+        idx = self.index.item_position.lookup(history)                              # [B, H], -1 = pad/unknown
         valid = tf.cast(idx >= 0, tf.float32)[..., None]
-        hist = tf.gather(self.item_table, tf.maximum(idx, 0)) * valid        # [B, H, D]
+        hist = tf.gather(self.index.item_vectors, tf.maximum(idx, 0)) * valid  # [B, H, D]
         count = tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
         return user + tf.reduce_sum(hist, axis=1) / count
 
     def _top_k(self, query, exclude, k):
-        tf.debugging.assert_greater_equal(k, 1, message="k must be >= 1")
-        tf.debugging.assert_less_equal(k, self.max_k, message=f"k must be <= max_k={self.max_k}")
-        scores = tf.linalg.matmul(query, self.item_table, transpose_b=True)   # [B, N]
-        ex = self.item_lookup.lookup(exclude)                                # [B, E]
-        hits = tf.where(ex >= 0)                                             # [M, 2] (row, column in exclude)
-        idx = tf.stack([hits[:, 0], tf.gather_nd(ex, hits)], axis=1)
-        scores = tf.tensor_scatter_nd_update(scores, idx, tf.fill([tf.shape(idx)[0]], float("-inf")))
-        k = tf.minimum(k, tf.shape(scores)[1])
-        top = tf.math.top_k(scores, k=k)
-        return {F.OUTPUT_ITEM_IDS: tf.gather(self.item_ids, top.indices), F.OUTPUT_SCORES: top.values}
+        ids, scores = self.index(query, exclude, k)
+        return {F.OUTPUT_ITEM_IDS: ids, F.OUTPUT_SCORES: scores}
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name=F.USER_ID),
         tf.TensorSpec([None, None], tf.string, name=F.HISTORY),
         tf.TensorSpec([None, None], tf.string, name=F.INPUT_EXCLUDE),
-        tf.TensorSpec([], tf.int32, name=F.INPUT_K)])
+        tf.TensorSpec([None], tf.int32, name=F.INPUT_K)])
     def serve(self, user_id, history, exclude, k):
         return self._top_k(self._query(user_id, history), exclude, k)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):
-        # As trainer/export.py: history is one space-separated string per example.
+        # As trainer/serving_model.py: history is one space-separated string per example.
         parsed = tf.io.parse_example(examples, {
             F.USER_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
             F.HISTORY: tf.io.FixedLenFeature([], tf.string, default_value="")})
@@ -103,15 +90,16 @@ class SyntheticRetrieval(tf.Module):
                                   tf.TensorSpec([None], tf.string, name=F.CATEGORIES),
                                   tf.TensorSpec([None], tf.string, name=F.DESCRIPTION)])
     def candidate_embedding(self, item_id, title, categories, description):
-        idx = self.item_lookup.lookup(item_id)
-        known = tf.gather(self.item_table, tf.maximum(idx, 0))
+        idx = self.index.item_position.lookup(item_id)
+        known = tf.gather(self.index.item_vectors, tf.maximum(idx, 0))
         text = tf.strings.join([title, categories, description], separator=" ")
         cold = tf.gather(self.text_table, tf.strings.to_hash_bucket_fast(text, 1024))
         return {F.OUTPUT_EMBEDDING: tf.where((idx >= 0)[:, None], known, cold)}
 
 
 def warmup_requests(model_name: str, user_ids, item_ids, n: int = 4):
-    """PredictionLog records (predict_log) for serving_default, as TF Serving replays them."""
+    """PredictionLog records (predict_log) for serving_default, as TF Serving replays them: batched inputs
+    (k per row) with history/exclude starting with a PAD column, as trainer/serving_model.py writes them."""
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
     logs = []
@@ -121,9 +109,10 @@ def warmup_requests(model_name: str, user_ids, item_ids, n: int = 4):
         req.model_spec.signature_name = F.SERVING_DEFAULT
         b = 1 + i % 2
         req.inputs[F.USER_ID].CopyFrom(tf.make_tensor_proto([user_ids[(i + j) % len(user_ids)] for j in range(b)]))
-        req.inputs[F.HISTORY].CopyFrom(tf.make_tensor_proto(np.array([[item_ids[i % len(item_ids)], F.PAD]] * b, dtype=object)))
-        req.inputs[F.INPUT_EXCLUDE].CopyFrom(tf.make_tensor_proto(np.zeros((b, 0), dtype=object), dtype=tf.string))
-        req.inputs[F.INPUT_K].CopyFrom(tf.make_tensor_proto(10, dtype=tf.int32))
+        history = np.array([[F.PAD, item_ids[i % len(item_ids)]]] * b, dtype=object)
+        req.inputs[F.HISTORY].CopyFrom(tf.make_tensor_proto(history, dtype=tf.string))
+        req.inputs[F.INPUT_EXCLUDE].CopyFrom(tf.make_tensor_proto(np.full((b, 1), F.PAD, object), dtype=tf.string))
+        req.inputs[F.INPUT_K].CopyFrom(tf.make_tensor_proto([10] * b, dtype=tf.int32))
         logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req)))
     return logs
 
@@ -150,9 +139,9 @@ def build_synthetic_model(base_path: str, version: int | None = None, *, num_ite
     }
     tf.saved_model.save(module, tmp, signatures=signatures)
     if warmup:
-        extra = os.path.join(tmp, "assets.extra")
-        os.makedirs(extra, exist_ok=True)
-        with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as w:
+        warmup_path = os.path.join(tmp, layout.WARMUP_FILE)
+        os.makedirs(os.path.dirname(warmup_path), exist_ok=True)
+        with tf.io.TFRecordWriter(warmup_path) as w:
             for log in warmup_requests(model_name, module.user_id_list, module.item_id_list, warmup):
                 w.write(log.SerializeToString())
     os.rename(tmp, final)

@@ -4,13 +4,11 @@ import os
 import subprocess
 import sys
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import pytest
 
-import pytest  # noqa: E402
-
-from serving.client import RecommendError, RecommenderClient, main  # noqa: E402
-from serving.server import ServerProcess  # noqa: E402
-from serving.synthetic_model import build_synthetic_model  # noqa: E402
+from serving.client import RecommendError, RecommenderClient, main
+from serving.synthetic_model import build_synthetic_model
+from serving.testing import ServerProcess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = "tower_recs"
@@ -46,7 +44,9 @@ def test_recommend_grpc_and_rest_agree(server):
     assert [i for i, _ in rest] == [i for i, _ in recs]
     assert [s for _, s in rest] == pytest.approx([s for _, s in recs], rel=1e-5)
 
-    # ragged histories/excludes are padded with "" per batch; empty ones give width 0
+    # fewer items than k once excluded: the padding the model returns is dropped
+    assert len(g.recommend("user_1", k=100, exclude=[f"item_{i}" for i in range(45)])) == 5
+    # ragged histories/excludes are padded with "" per batch (on the left, so rows start with "")
     batch = g.recommend_batch(["user_1", "user_2", "nobody"], k=3,
                               histories=[["item_1", "item_2"], [], ["item_4"]], excludes=[[], ["item_5"], []])
     assert [len(b) for b in batch] == [3, 3, 3]
@@ -61,6 +61,8 @@ def test_recommend_grpc_and_rest_agree(server):
 
 def test_client_errors(server):
     g = RecommenderClient(server.grpc_target, MODEL)
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        g.recommend("user_1", k=0)
     with pytest.raises(RecommendError) as e:
         g.recommend("user_1", k=1000)
     assert e.value.code == "INVALID_ARGUMENT" and "k" in e.value.message

@@ -2,7 +2,8 @@
 
 Uses the session fixture `cli_pipeline_run` (shared with test_pipeline_e2e.py: one pipeline run serves both).
 The pushed version dir is copied into this module's own base path, so the hot swap (last test) never changes
-the fixture's serving dir that other tests count versions in.
+the fixture's serving dir that other tests count versions in. The server runs the production configuration
+(server-side batching with serving/config/batching_parameters.txt), so requests use the batched contract.
 """
 import csv
 import json
@@ -15,18 +16,15 @@ import time
 import urllib.error
 import urllib.request
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,  # noqa: E402
-                                     prediction_service_pb2_grpc)
-
-from serving.server import ServerProcess  # noqa: E402
-from schema import contract as F  # noqa: E402
-from trainer.model_config import ModelConfig  # noqa: E402
+from serving import layout
+from serving.testing import ServerProcess
+from trainer.model_config import ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = "tower_recs"
@@ -38,19 +36,15 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-def _versions(base):
-    return sorted(int(d) for d in os.listdir(base) if d.isdigit())
-
-
 @pytest.fixture(scope="module")
 def served(cli_pipeline_run, tmp_path_factory):
     pushed = cli_pipeline_run["model_base"]
-    (version,) = _versions(pushed)
+    (version,) = layout.version_dirs(pushed)
     base = str(tmp_path_factory.mktemp("served") / MODEL)
     os.makedirs(base)
     shutil.copytree(os.path.join(pushed, str(version)), os.path.join(base, str(version)))
     srv = ServerProcess(base, MODEL, log_path=str(tmp_path_factory.mktemp("log") / "server.log"),
-                        extra_args=["--poll_interval_s", "0.5"], ready_timeout_s=240)
+                        extra_args=["--file_system_poll_wait_seconds", "0.5"], ready_timeout_s=240)
     srv.start()
     data = cli_pipeline_run["data"]
     items = _rows(os.path.join(data, "items", "items.csv"))
@@ -65,13 +59,14 @@ def served(cli_pipeline_run, tmp_path_factory):
 
 
 def _request(user_id, k=10, history=(), exclude=(), signature="serving_default"):
+    """The batched contract: k per row, history/exclude rows starting with ""."""
     req = predict_pb2.PredictRequest()
     req.model_spec.name = MODEL
     req.model_spec.signature_name = signature
     req.inputs["user_id"].CopyFrom(tf.make_tensor_proto([user_id], tf.string))
-    req.inputs["history"].CopyFrom(tf.make_tensor_proto(np.array([list(history)], object).reshape(1, -1), tf.string))
-    req.inputs["exclude"].CopyFrom(tf.make_tensor_proto(np.array([list(exclude)], object).reshape(1, -1), tf.string))
-    req.inputs["k"].CopyFrom(tf.make_tensor_proto(k, tf.int32))
+    req.inputs["history"].CopyFrom(tf.make_tensor_proto(np.array([[""] + list(history)], object), tf.string))
+    req.inputs["exclude"].CopyFrom(tf.make_tensor_proto(np.array([[""] + list(exclude)], object), tf.string))
+    req.inputs["k"].CopyFrom(tf.make_tensor_proto([k], tf.int32))
     return req
 
 
@@ -109,7 +104,7 @@ def test_top_k_for_known_user_grpc_and_rest(served):
     assert len(ids) == 10 and len(set(ids)) == 10 and set(ids) <= catalogue
     assert scores == sorted(scores, reverse=True)
     code, body = _rest(served, f"/v1/models/{MODEL}:predict", {"inputs": {
-        "user_id": [served["user"]], "history": [[]], "exclude": [[]], "k": 10}})
+        "user_id": [served["user"]], "history": [[""]], "exclude": [[""]], "k": [10]}})
     assert code == 200, body
     assert body["outputs"]["item_ids"][0] == ids
     np.testing.assert_allclose(body["outputs"]["scores"][0], scores, rtol=1e-5, atol=1e-6)
@@ -118,7 +113,7 @@ def test_top_k_for_known_user_grpc_and_rest(served):
 def test_exclude_removes_items(served):
     ids, scores, _ = _predict(served, user_id=served["user"], k=10)
     dropped = ids[:3]
-    ids2, scores2, _ = _predict(served, user_id=served["user"], k=7, exclude=dropped + [""])
+    ids2, scores2, _ = _predict(served, user_id=served["user"], k=7, exclude=dropped)
     assert not set(dropped) & set(ids2)
     assert ids2 == ids[3:]          # the rest keep their order and scores
     np.testing.assert_allclose(scores2, scores[3:], rtol=1e-5, atol=1e-6)
@@ -130,14 +125,14 @@ def test_k_above_max_is_invalid_argument(served):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "k must be at most" in err.value.details() and str(MAX_K) in err.value.details()
     code, body = _rest(served, f"/v1/models/{MODEL}:predict", {"inputs": {
-        "user_id": [served["user"]], "history": [[]], "exclude": [[]], "k": MAX_K + 1}})
+        "user_id": [served["user"]], "history": [[""]], "exclude": [[""]], "k": [MAX_K + 1]}})
     assert code == 400 and "k must be at most" in body["error"]
     assert _predict(served, user_id=served["user"], k=3)[0]   # still serving
 
 
 def test_serve_tf_examples_and_embedding_signatures(served):
     item_ids = [r["item_id"] for r in served["items"][:3]]
-    # serve_tf_examples: history is one space-separated string feature (trainer/export.py).
+    # serve_tf_examples: history is one space-separated string feature (trainer/serving_model.py).
     ex = tf.train.Example(features=tf.train.Features(feature={
         "user_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[served["user"].encode()])),
         "history": tf.train.Feature(bytes_list=tf.train.BytesList(value=[" ".join(item_ids[:2]).encode()]))}))
@@ -161,7 +156,7 @@ def test_serve_tf_examples_and_embedding_signatures(served):
     assert emb.shape == (4, ModelConfig().embedding_dim) and np.all(np.isfinite(emb))
 
     code, body = _rest(served, f"/v1/models/{MODEL}:predict", {"signature_name": "query_embedding", "inputs": {
-        "user_id": [served["user"]], "history": [item_ids[:2]]}})
+        "user_id": [served["user"]], "history": [[""] + item_ids[:2]]}})
     assert code == 200 and len(body["outputs"][0]) == ModelConfig().embedding_dim
 
 

@@ -1,13 +1,15 @@
 """The served SavedModel: signatures TF Serving calls, with top-k over the whole catalogue.
 
 Signatures (names and shapes in `schema/contract.py`):
-  serving_default      user_id [B], history [B, H], exclude [B, E], k []  -> item_ids [B, k], scores [B, k]
+  serving_default      user_id [B], history [B, H], exclude [B, E], k [B] -> item_ids [B, K], scores [B, K]
   serve_tf_examples    examples [B] (serialized tf.Example: user_id, history) -> item_ids, scores (default_k)
   query_embedding      user_id [B], history [B, H]                        -> embedding [B, D]
   candidate_embedding  item_id, title, categories, description [B]         -> embedding [B, D]
 
-Top-k is a matmul against every catalogue item's vector (cold items included) and
-`tf.math.top_k`: plain TF ops that stock TF Serving runs, no ScaNN custom ops.
+Top-k is `trainer.retrieval_index.BruteForceIndex`: a matmul against every catalogue item's vector (cold
+items included) and `tf.math.top_k`, plain TF ops that stock TF Serving runs. Every serving_default input has
+the batch dimension first, so TF Serving's `--enable_batching` can merge requests: K is the largest k in
+the batch and each row is padded ("" / -inf) past its own k (a scalar k still works unbatched).
 """
 from __future__ import annotations
 
@@ -18,10 +20,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from serving import layout
 from schema import contract
 from trainer.item_text import ItemTextEncoder, item_text
 from trainer.model import TwoTowerModel
 from trainer.model_config import ModelConfig
+from trainer.retrieval_index import BruteForceIndex
 
 _STRING_VECTOR = lambda name: tf.TensorSpec([None], tf.string, name=name)  # noqa: E731
 _STRING_MATRIX = lambda name: tf.TensorSpec([None, None], tf.string, name=name)  # noqa: E731
@@ -48,13 +52,8 @@ class RecommenderModule(tf.Module):
         self.model = model
         self.tft_layer = tft_output.transform_features_layer()
         self.text_encoder = text_encoder
-        self.max_k = cfg.max_k
         self.default_k = cfg.default_k
-        self.item_ids = tf.constant(np.asarray(item_ids, dtype=object), tf.string)
-        self.candidates = tf.Variable(candidate_vectors.astype(np.float32), trainable=False, name="candidates")
-        self.item_position = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(self.item_ids, tf.range(len(item_ids), dtype=tf.int64)),
-            default_value=-1)
+        self.index = BruteForceIndex(item_ids, candidate_vectors, max_k=cfg.max_k, max_exclude=cfg.max_exclude)
 
     # -- building blocks -------------------------------------------------------------------------
     def _query(self, user_id: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
@@ -67,24 +66,13 @@ class RecommenderModule(tf.Module):
         return self.model.query_embedding(transformed[contract.USER_INDEX], transformed[contract.HISTORY_INDEX])
 
     def _top_k(self, query: tf.Tensor, exclude: tf.Tensor, k: tf.Tensor) -> dict:
-        tf.debugging.assert_greater_equal(k, 1, message="k must be at least 1")
-        tf.debugging.assert_less_equal(k, self.max_k, message=f"k must be at most {self.max_k}")
-        # [N, D] x [B, D]^T then transpose: measured ~30% faster than query x candidates^T at batch 1.
-        scores = tf.transpose(tf.matmul(self.candidates, query, transpose_b=True))
-        # Per-request filtering: already-seen (or otherwise unwanted) items get -inf.
-        excluded = self.item_position.lookup(exclude)
-        where = tf.where(excluded >= 0)
-        indices = tf.stack([where[:, 0], tf.gather_nd(excluded, where)], axis=1)
-        scores = tf.tensor_scatter_nd_update(
-            scores, indices, tf.fill([tf.shape(indices)[0]], tf.constant(-np.inf, tf.float32)))
-        top = tf.math.top_k(scores, k=tf.minimum(k, tf.shape(scores)[1]))
-        return {contract.OUTPUT_ITEM_IDS: tf.gather(self.item_ids, top.indices),
-                contract.OUTPUT_SCORES: top.values}
+        ids, scores = self.index(query, exclude, k)
+        return {contract.OUTPUT_ITEM_IDS: ids, contract.OUTPUT_SCORES: scores}
 
     # -- signatures ------------------------------------------------------------------------------
     @tf.function(input_signature=[_STRING_VECTOR(contract.USER_ID), _STRING_MATRIX(contract.HISTORY),
                                   _STRING_MATRIX(contract.INPUT_EXCLUDE),
-                                  tf.TensorSpec([], tf.int32, name=contract.INPUT_K)])
+                                  tf.TensorSpec([None], tf.int32, name=contract.INPUT_K)])
     def recommend(self, user_id, history, exclude, k):
         """`serving_default`: top-k of the catalogue for user ids [B] and histories [B, H], without the
         items of `exclude` [B, E] ("" pads): {"item_ids": [B, k] string, "scores": [B, k] float32}."""
@@ -128,30 +116,24 @@ class RecommenderModule(tf.Module):
 
 
 def write_warmup_requests(export_dir: str, model_name: str, user_ids: Sequence[str], k: int) -> str:
-    """Writes `<export_dir>/assets.extra/tf_serving_warmup_requests`, which TF Serving replays at load time.
+    """TF Serving replays these PredictLogs at load time, before the version takes traffic.
 
-    Args:
-      export_dir: the SavedModel directory.
-      model_name: the TF Serving model name in the requests' ModelSpec.
-      user_ids: users to ask for (the first 100 are used).
-      k: the requests' `k`.
-
-    Returns:
-      The path of the written file (a TFRecord of PredictionLogs).
+    They take the batched path a client takes: every input has the batch dimension first (with
+    `--enable_batching` TF Serving rejects a rank-0 input) and history/exclude start with a PAD column.
     """
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-    path = os.path.join(export_dir, contract.WARMUP_FILE)
+    path = os.path.join(export_dir, layout.WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    pad_column = np.full([1, 1], contract.PAD, object)
     with tf.io.TFRecordWriter(path) as writer:
-        for user_id in list(user_ids)[:100]:  # TF Serving reads at most 1000 records
+        for user_id in list(user_ids)[:100]:  # TF Serving reads at most layout.MAX_WARMUP_RECORDS
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=model_name, signature_name=contract.SERVING_DEFAULT))
             request.inputs[contract.USER_ID].CopyFrom(tf.make_tensor_proto([user_id], tf.string))
-            request.inputs[contract.HISTORY].CopyFrom(tf.make_tensor_proto(np.zeros([1, 0], object), tf.string))
-            request.inputs[contract.INPUT_EXCLUDE].CopyFrom(
-                tf.make_tensor_proto(np.zeros([1, 0], object), tf.string))
-            request.inputs[contract.INPUT_K].CopyFrom(tf.make_tensor_proto(k, tf.int32))
+            request.inputs[contract.HISTORY].CopyFrom(tf.make_tensor_proto(pad_column, tf.string))
+            request.inputs[contract.INPUT_EXCLUDE].CopyFrom(tf.make_tensor_proto(pad_column, tf.string))
+            request.inputs[contract.INPUT_K].CopyFrom(tf.make_tensor_proto([k], tf.int32))
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())

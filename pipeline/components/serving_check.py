@@ -31,6 +31,7 @@ from tfx.utils import io_utils, path_utils
 
 from pipeline.components.gate_config import ServingCheckConfig  # noqa: F401  (re-exported)
 from pipeline.components.serving_ops import TF_TEXT_2_12_OPS
+from serving import layout
 from schema import contract
 
 RESULT_FILE = "serving_check.json"
@@ -64,15 +65,17 @@ def probe(model_dir: str, cfg: ServingCheckConfig) -> dict:
         with open(request_path, "w", encoding="utf-8") as f:
             json.dump({
                 "model_dir": model_dir,
-                "warmup_file": contract.WARMUP_FILE,
+                "warmup_file": layout.WARMUP_FILE,
                 "tf_text_ops": sorted(TF_TEXT_2_12_OPS),
                 "expected_signatures": EXPECTED_SIGNATURES,
+                "warmup_file": layout.WARMUP_FILE,
+                "max_warmup_records": layout.MAX_WARMUP_RECORDS,
                 "latency_calls": cfg.latency_calls,
-                "latency_inputs": {
+                "latency_inputs": {   # a batched request, as clients send it (k per row)
                     contract.USER_ID: [["serving-check-user"], "string"],
                     contract.HISTORY: [[[contract.PAD]], "string"],
                     contract.INPUT_EXCLUDE: [[[contract.PAD]], "string"],
-                    contract.INPUT_K: [10, "int32"],
+                    contract.INPUT_K: [[10], "int32"],
                 },
                 "project_packages": PROJECT_PACKAGES,
             }, f)
@@ -102,7 +105,7 @@ def judge(result: dict, cfg: ServingCheckConfig) -> tuple[bool, list[str]]:
         reasons.append(f"FAIL warmup replay: {len(warmup['errors'])} of {warmup['records']} requests failed: "
                        f"{warmup['errors'][0]}")
     elif not warmup.get("file") and cfg.require_warmup:
-        reasons.append(f"FAIL no {contract.WARMUP_FILE}")
+        reasons.append(f"FAIL no {layout.WARMUP_FILE}")
     else:
         reasons.append(f"PASS warmup replay of {warmup.get('records', 0)} requests")
     latency = result.get("latency_ms")

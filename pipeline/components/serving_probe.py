@@ -9,7 +9,9 @@ file), and writes a JSON result:
                       + the given TF Text 2.12 list
   signatures          {name: {"inputs": [...], "outputs": [...]}} as loaded
   signature_problems  missing signatures / inputs / outputs vs. the expected ones
-  warmup              {"file": bool, "records": n, "errors": [...]} replaying the request's `warmup_file`
+  warmup              {"file": bool, "records": n, "errors": [...]} replaying the warmup file (request's
+                      "warmup_file", serving.layout.WARMUP_FILE); a record TF Serving with --enable_batching
+                      would reject (an input without a batch dimension, or unequal ones) is an error
   latency_ms          {"p50": .., "p99": .., "mean": .., "calls": n} of serving_default at batch 1
   project_modules     project modules found in sys.modules (must be empty)
 """
@@ -94,15 +96,26 @@ def main(request_path, result_path):
         warmup["file"] = True
         for raw in tf.data.TFRecordDataset(warmup_path):
             warmup["records"] += 1
+            if warmup["records"] > request["max_warmup_records"]:
+                warmup["errors"].append(f"more than {request['max_warmup_records']} records (TF Serving's limit)")
+                break
             log = prediction_log_pb2.PredictionLog.FromString(raw.numpy())
             if log.WhichOneof("log_type") != "predict_log":
                 warmup["errors"].append(f"record {warmup['records']}: unsupported {log.WhichOneof('log_type')}")
                 continue
             req = log.predict_log.request
             name = req.model_spec.signature_name or "serving_default"
+            inputs = {key: tf.make_ndarray(value) for key, value in req.inputs.items()}
+            unbatched = sorted(key for key, value in inputs.items() if value.ndim == 0)
+            if unbatched or len({value.shape[0] for value in inputs.values()}) > 1:
+                # tensorflow_serving/batching/batching_util.h ComputeTensorBatchSize
+                warmup["errors"].append(f"record {warmup['records']} ({name}): TF Serving with --enable_batching "
+                                        f"needs every input batched along dim 0 with one size; rank-0 inputs "
+                                        f"{unbatched}, batch sizes {sorted({v.shape[0] for v in inputs.values() if v.ndim})}")
+                continue
             try:
                 fn = loaded.signatures[name]
-                fn(**{key: tf.constant(tf.make_ndarray(value)) for key, value in req.inputs.items()})
+                fn(**{key: tf.constant(value) for key, value in inputs.items()})
             except Exception as e:  # noqa: BLE001  (any failure is a failed warmup)
                 warmup["errors"].append(f"record {warmup['records']} ({name}): {type(e).__name__}: "
                                         f"{str(e).splitlines()[0][:300] if str(e) else ''}")
