@@ -32,6 +32,10 @@ from pipeline import example_reader
 from schema import contract
 
 MAX_EXAMPLES_SHOWN = 3
+# Hash buckets of the cross-split checks (catalogue ids, interaction keys): each bucket is checked in
+# memory, so one holds about 1/BUCKETS of the distinct ids / interaction keys.
+BUCKETS = 64
+BATCH_SIZE = 8192
 INTERACTIONS = "interactions"
 ITEMS = "items"
 # Beam's own defaults for a local run of the checks outside a pipeline (tests, notebooks).
@@ -131,13 +135,37 @@ class _BatchChecks(beam.DoFn):
         for column, problem, i in _row_rule_rows(self._name, columns):
             example = " ".join(f"{c}={_display(columns[c][i])}" for c in shown)
             yield beam.pvalue.TaggedOutput("rule", ((column, problem), example))
+        # Cross-split checks go through hash buckets of arrays: a few Beam elements per batch, not per row.
         item_ids = columns[contract.ITEM_ID]
-        if self._name == ITEMS:
-            yield from (beam.pvalue.TaggedOutput("item_ids", v) for v in item_ids if v is not None)
-        else:
-            yield from (beam.pvalue.TaggedOutput("item_ids", v) for v in pd.unique(item_ids) if v is not None)
-            keys = zip(*(columns[c].tolist() for c in rules.DUPLICATE_KEY))
-            yield from (beam.pvalue.TaggedOutput("keys", (key, self._split)) for key in keys)
+        if self._name == INTERACTIONS:
+            item_ids = pd.unique(item_ids)
+        for bucket, ids in _bucketed(np.asarray(item_ids, dtype=object)):
+            yield beam.pvalue.TaggedOutput("item_ids", (bucket, (self._split, ids)))
+        if self._name == INTERACTIONS:
+            keys = pd.DataFrame({c: columns[c] for c in rules.DUPLICATE_KEY})
+            for bucket, rows in _bucketed_rows(keys):
+                yield beam.pvalue.TaggedOutput("keys", (bucket, (self._split, rows)))
+
+
+def _bucket_of(frame_or_values) -> np.ndarray:
+    if isinstance(frame_or_values, pd.DataFrame):
+        hashes = pd.util.hash_pandas_object(frame_or_values, index=False).to_numpy()
+    else:
+        hashes = pd.util.hash_array(frame_or_values)
+    return (hashes % BUCKETS).astype(np.int64)
+
+
+def _bucketed(values: np.ndarray):
+    values = values[pd.notna(values)]
+    buckets = _bucket_of(values)
+    for bucket in np.unique(buckets):
+        yield int(bucket), values[buckets == bucket]
+
+
+def _bucketed_rows(frame: pd.DataFrame):
+    buckets = _bucket_of(frame)
+    for bucket in np.unique(buckets):
+        yield int(bucket), frame[buckets == bucket].reset_index(drop=True)
 
 
 def _count_and_examples(pcoll, label: str):
@@ -151,7 +179,7 @@ def _count_and_examples(pcoll, label: str):
 def _split_problems(pipeline, name: str, split: str, pattern: str, schema_path: str):
     """Problem lines of one split, plus its item ids and (interactions) keys for the cross-split checks."""
     label = f"{name}-{split}"
-    outputs = (pipeline | f"Read[{label}]" >> example_reader.beam_source(pattern, schema_path)
+    outputs = (pipeline | f"Read[{label}]" >> example_reader.beam_source(pattern, schema_path, BATCH_SIZE)
                | f"Check[{label}]" >> beam.ParDo(_BatchChecks(name, split)).with_outputs(
                    "rows", "utf8", "rule", "item_ids", "keys"))
     prefix = f"{name} {split}"
@@ -169,51 +197,56 @@ def _split_problems(pipeline, name: str, split: str, pattern: str, schema_path: 
     return [empty, utf8, rule], outputs.item_ids, outputs.keys
 
 
-def _catalogue_duplicates(item_ids, split: str):
-    return (item_ids | "CountItemIds" >> beam.combiners.Count.PerElement()
-            | "Duplicated" >> beam.Filter(lambda kv: kv[1] > 1) | "DuplicatedIds" >> beam.Keys()
-            | "OneKey" >> beam.Map(lambda v: (None, v))
-            | _Summarise("Dup", lambda n, shown: f"{ITEMS} {split}: column '{contract.ITEM_ID}': {n} duplicated "
-                                                 f"item id(s) in the catalogue: {shown}"))
+def _item_id_findings(kv, item_split: str, interaction_splits: Sequence[str]):
+    """One bucket of item ids: ("duplicated", id) for repeated catalogue ids, (split, id) for interaction ids
+    outside the catalogue."""
+    _, parts = kv
+    by_split: dict[str, list] = {}
+    for split, ids in parts:
+        by_split.setdefault(split, []).append(ids)
+    catalogue = pd.Series(np.concatenate(by_split.get(item_split, [np.zeros([0], object)])), dtype=object)
+    counts = catalogue.value_counts()
+    yield from (("duplicated", v) for v in counts.index[counts.to_numpy() > 1])
+    known = pd.Index(catalogue.unique())
+    for split in interaction_splits:
+        if split in by_split:
+            ids = pd.unique(np.concatenate(by_split[split]))
+            yield from ((split, v) for v in ids[~pd.Index(ids).isin(known)])
 
 
-def _unknown_items(catalogue_ids, interaction_ids: dict):
-    """Interaction item ids (per split) that are not catalogue ids."""
-    tagged = {"catalogue": catalogue_ids | "CatalogueKeys" >> beam.Map(lambda v: (v, None))}
-    for split, ids in interaction_ids.items():
-        tagged[split] = ids | f"Ids[{split}]" >> beam.Map(lambda v: (v, None))
-    joined = tagged | "JoinIds" >> beam.CoGroupByKey()
-    splits = list(interaction_ids)
-
-    def outside(kv):
-        item_id, groups = kv
-        if not groups["catalogue"]:
-            yield from ((split, item_id) for split in splits if groups[split])
-
-    return (joined | "Outside" >> beam.FlatMap(outside)
-            | _Summarise("Unknown", lambda split, n, shown: (
-                f"{INTERACTIONS} {split}: column '{contract.ITEM_ID}': {n} item id(s) outside the domain "
-                f"(not in the item catalogue): {shown}"), keyed=True))
-
-
-def _duplicate_rows(keys, split_order: Sequence[str]):
-    """Interaction rows whose (user, item, timestamp) occurred before, earlier in the split or in an
-    earlier split (data.prepare's order), attributed to the split of each repeat."""
+def _repeated_keys(kv, split_order: Sequence[str]):
+    """One bucket of interaction keys: (split, key) of each row that repeats an earlier (user, item, timestamp),
+    earlier meaning earlier in the split or in an earlier split (data.prepare's order)."""
     from data import rules
 
-    def repeats(kv):
-        key, splits = kv
-        counts = {s: 0 for s in split_order}
-        for split in splits:
-            counts[split] += 1
-        first = next(s for s in split_order if counts[s])
-        for split in split_order:
-            yield from [(split, key)] * (counts[split] - (1 if split == first else 0))
+    _, parts = kv
+    rank = {split: i for i, split in enumerate(split_order)}
+    frames = [rows.assign(_split=rank[split]) for split, rows in parts]
+    frame = pd.concat(frames, ignore_index=True).sort_values("_split", kind="stable")
+    repeated = frame[frame.duplicated(subset=list(rules.DUPLICATE_KEY), keep="first")]
+    for split_rank, *key in repeated[["_split", *rules.DUPLICATE_KEY]].itertuples(index=False):
+        yield split_order[split_rank], tuple(_text(v) if isinstance(v, bytes) else v for v in key)
 
-    return (keys | "GroupKeys" >> beam.GroupByKey() | "Repeats" >> beam.FlatMap(repeats)
-            | _Summarise("DupRows", lambda split, n, shown: (
-                f"{INTERACTIONS} {split}: {rules.DUPLICATE_ROWS}: {n} row(s) {rules.DUPLICATE_ROWS_DETAIL}: "
-                f"{shown}"), keyed=True, distinct_examples=True))
+
+def _cross_split_lines(item_ids, keys, item_split: str, interaction_splits: Sequence[str]):
+    from data import rules
+
+    findings = (item_ids | "GroupItemIds" >> beam.GroupByKey()
+                | "ItemIdFindings" >> beam.FlatMap(_item_id_findings, item_split, list(interaction_splits)))
+    duplicated = (findings | "DuplicatedIds" >> beam.Filter(lambda kv: kv[0] == "duplicated")
+                  | _Summarise("Dup", lambda _, n, shown: (
+                      f"{ITEMS} {item_split}: column '{contract.ITEM_ID}': {n} duplicated item id(s) in the "
+                      f"catalogue: {shown}"), keyed=True))
+    unknown = (findings | "UnknownIds" >> beam.Filter(lambda kv: kv[0] != "duplicated")
+               | _Summarise("Unknown", lambda split, n, shown: (
+                   f"{INTERACTIONS} {split}: column '{contract.ITEM_ID}': {n} item id(s) outside the domain "
+                   f"(not in the item catalogue): {shown}"), keyed=True))
+    repeats = (keys | "GroupKeys" >> beam.GroupByKey()
+               | "Repeats" >> beam.FlatMap(_repeated_keys, list(interaction_splits))
+               | _Summarise("DupRows", lambda split, n, shown: (
+                   f"{INTERACTIONS} {split}: {rules.DUPLICATE_ROWS}: {n} row(s) {rules.DUPLICATE_ROWS_DETAIL}: "
+                   f"{shown}"), keyed=True, distinct_examples=True))
+    return [duplicated, unknown, repeats]
 
 
 class _Summarise(beam.PTransform):
@@ -243,17 +276,15 @@ def build_checks(pipeline, interactions, items, interaction_splits: Sequence[str
     """Adds the checks to `pipeline`; returns the PCollection of problem lines (strings)."""
     lines, catalogue_ids, _ = _split_problems(pipeline, ITEMS, item_split,
                                               example_reader.split_pattern(items, item_split), items_schema)
-    lines.append(_catalogue_duplicates(catalogue_ids, item_split))
-    interaction_ids, keys = {}, []
+    item_ids, keys = [catalogue_ids], []
     for split in interaction_splits:
-        split_lines, interaction_ids[split], split_keys = _split_problems(
+        split_lines, split_ids, split_keys = _split_problems(
             pipeline, INTERACTIONS, split, example_reader.split_pattern(interactions, split), interactions_schema)
         lines += split_lines
+        item_ids.append(split_ids)
         keys.append(split_keys)
-    distinct_catalogue = catalogue_ids | "DistinctCatalogue" >> beam.Distinct()
-    lines.append(_unknown_items(distinct_catalogue, {
-        s: ids | f"Distinct[{s}]" >> beam.Distinct() for s, ids in interaction_ids.items()}))
-    lines.append(_duplicate_rows(keys | "AllKeys" >> beam.Flatten(), interaction_splits))
+    lines += _cross_split_lines(item_ids | "AllItemIds" >> beam.Flatten(), keys | "AllKeys" >> beam.Flatten(),
+                                item_split, interaction_splits)
     return lines | "Problems" >> beam.Flatten()
 
 
