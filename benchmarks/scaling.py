@@ -126,7 +126,7 @@ def component_times(metadata_db: str, started: float) -> dict[str, tuple[float, 
     rows = con.execute(
         "SELECT c.name, e.create_time_since_epoch, e.last_update_time_since_epoch FROM Execution e "
         "JOIN Association a ON a.execution_id = e.id JOIN Context c ON c.id = a.context_id "
-        "JOIN ContextType t ON t.id = c.type_id WHERE t.name = 'node' AND e.create_time_since_epoch >= ?",
+        "JOIN Type t ON t.id = c.type_id WHERE t.name = 'node' AND e.create_time_since_epoch >= ?",
         (int(started * 1000),)).fetchall()
     con.close()
     out = {}
