@@ -46,7 +46,7 @@ _ENCODED = beam.metrics.Metrics.counter(_METRICS, "texts_encoded")
 class CatalogEmbeddings(artifact.Artifact):
     """Item-text embeddings keyed by text hash, for one encoder fingerprint."""
 
-    TYPE_NAME = "CatalogEmbeddings"
+    TYPE_NAME = "tower_recs.CatalogEmbeddings"
 
 
 class CatalogEmbedderSpec(component_spec.ComponentSpec):
