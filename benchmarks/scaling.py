@@ -7,7 +7,7 @@ exactly as `make run` runs it (`tfx pipeline create|update` + `tfx run create --
 from the environment) three times:
   first    a fresh pipeline root (no cache);
   rerun    the same pipeline after 1% new interactions on 1% new items (`--skip-rerun` to skip);
-  1worker  a fresh root with Beam on one worker (`--direct_num_workers=1`), against the default of one
+  1worker  a fresh root with the previous Beam default (in_memory, one worker), against the default of one
            worker per core (only at the sizes given by `--worker-sizes`).
 Per component, the wall time is its execution's create -> last update in ML Metadata; the peak RSS is
 the largest sum of the RSS of the whole process tree of `tfx run create` sampled every 0.5 s while that
@@ -36,7 +36,8 @@ SIZES = {
     "1.5M": (30_000, 60_000, 1_500_000),
     "5M": (60_000, 300_000, 5_000_000),
 }
-ONE_WORKER_ARGS = "--direct_running_mode=multi_processing --direct_num_workers=1"
+DEFAULT_ARGS = "--direct_running_mode=multi_processing --direct_num_workers=0"  # pipeline/configs.py
+ONE_WORKER_ARGS = "--direct_running_mode=in_memory --direct_num_workers=1"  # the previous default
 RUNS = ("first", "rerun", "1worker")
 # Components whose work is Beam (compared 1 vs N workers).
 BEAM_COMPONENTS = ("InteractionExampleGen", "ItemExampleGen", "InteractionStatisticsGen", "ItemStatisticsGen",
@@ -241,6 +242,15 @@ def write_markdown(results: dict, path: str) -> None:
             lines.append(f"| {node} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
         lines.append("| **whole run** | " + " | ".join(f"**{r['wall_seconds']:.0f}**" for r in runs.values())
                      + f" | | | {runs.get('first', {}).get('peak_rss_mb', 0):,} |")
+        if "first" in runs and "1worker" in runs:
+            lines += ["", f"Beam on every core (`{DEFAULT_ARGS}`) vs the previous single worker (`{ONE_WORKER_ARGS}`), "
+                      "rows/s per Beam component:", "",
+                      "| component | 1 worker rows/s | every core rows/s | speedup |", "|---|---|---|---|"]
+            for node in BEAM_COMPONENTS:
+                one, every = (runs[r]["components"].get(node, {}).get("seconds") for r in ("1worker", "first"))
+                if one and every:
+                    lines.append(f"| {node} | {rows['interactions'] / one:,.0f} | {rows['interactions'] / every:,.0f} | "
+                                 f"{one / every:.2f}x |")
         lines += ["", "Load average (1 min) at the end of each run: "
                   + ", ".join(f"{n} {r['load_average'][0]:.2f}" for n, r in runs.items()), ""]
     lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
@@ -284,6 +294,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--worker-sizes", default="150k", help="sizes that also run with one Beam worker")
     parser.add_argument("--skip-rerun", action="store_true", help="no rerun with 1%% new data")
     parser.add_argument("--out", default=os.path.join(PROJECT_DIR, "benchmarks", "results"))
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated of {list(RUNS)}")
     parser.add_argument("--force", action="store_true", help="rerun (size, run) pairs already in the JSON")
     args = parser.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]
@@ -308,6 +319,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if size in args.worker_sizes.split(","):
             plan.append(("1worker", lambda: run_pipeline(f"{size}-1worker", data_dir(size), ONE_WORKER_ARGS)))
         for run_name, run in plan:
+            if run_name not in args.runs.split(","):
+                continue
             if run_name in entry["runs"] and not args.force:
                 print(f"{size} {run_name}: done already (kept)")
                 continue
