@@ -23,7 +23,7 @@ SAMPLE_USER ?=
 # MovieLens folder for `make bench-quality` (ml-latest-small, ml-100k or ml-1m files).
 MOVIELENS ?= ../shared/data/ml-latest-small
 
-.PHONY: help setup encoder sample run run-python test test-fast bench bench-quality bench-serving bench-encoder serve kubeflow clean
+.PHONY: help setup encoder sample run run-python test test-fast bench bench-quality bench-serving bench-encoder bench-scale serve kubeflow clean
 
 help:  ## List targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -78,6 +78,11 @@ bench-quality: setup encoder  ## Recall/NDCG vs MostPopular and EASE on ml-lates
 bench-serving: setup encoder sample  ## Serving latency/throughput vs a numpy top-k floor; faults and load (swaps, restart, bad input).
 	$(PY) -m benchmarks.serving_latency --out benchmarks/results/serving.json
 	$(PY) -m benchmarks.serving_faults --out benchmarks/results/serving_faults.json
+
+# `make bench-scale SCALE_SIZES=150k,1.5M` runs part of it; finished sizes are kept and skipped.
+SCALE_SIZES ?= 150k,1.5M,5M
+bench-scale: setup encoder  ## The pipeline at 150k / 1.5M / 5M interactions: per-component time, rows/s, RSS.
+	$(PY) -m benchmarks.scaling --sizes $(SCALE_SIZES) --out benchmarks/results
 
 serve: setup  ## Serve the pushed model over TF Serving's gRPC (8500) and REST (8501) APIs on localhost.
 	$(PY) -m serving.server --model_base_path outputs/serving_model/tower_recs --model_name tower_recs

@@ -75,8 +75,10 @@ _model = from_env(ModelConfig(), "MODEL", not_fields=("NAME",))
 MODEL_CONFIG = dataclasses.replace(_model, preprocess_handle=_abs(_model.preprocess_handle),
                                    encoder_handle=_abs(_model.encoder_handle))
 
-# Beam runs in-process by default; on a cluster pass e.g. --runner=DataflowRunner.
-BEAM_PIPELINE_ARGS = env("BEAM_PIPELINE_ARGS", "--direct_running_mode=in_memory --direct_num_workers=1").split()
+# Beam's DirectRunner on every core by default (one worker process per core: 0 = os.cpu_count());
+# TOWER_RECS_BEAM_PIPELINE_ARGS replaces them, e.g. "--direct_num_workers=1" or --runner=DataflowRunner ...
+DEFAULT_BEAM_PIPELINE_ARGS = "--direct_running_mode=multi_processing --direct_num_workers=0"
+BEAM_PIPELINE_ARGS = env("BEAM_PIPELINE_ARGS", DEFAULT_BEAM_PIPELINE_ARGS).split()
 
 # -- Gates before Pusher (pipeline/components/retrieval_evaluator.py, serving_check.py) ------------
 # RetrievalEvaluator: full-catalogue Recall/NDCG@K against absolute minimums and the latest blessed model.

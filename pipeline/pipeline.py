@@ -3,7 +3,8 @@
     interactions ─ CsvExampleGen ─ StatisticsGen ─ ExampleValidator ─┐
     items ──────── CsvExampleGen ─ StatisticsGen ─ ExampleValidator ─┴ AnomalyGate
     interactions ─ Transform (id vocabularies, history) ───────────────┐
-    items + Transform ─ CatalogTrainer (two-tower, BERT item text) ─┐
+    items ─ CatalogEmbedder (BERT item-text vectors in Beam RunInference; previous run's reused) ─┐
+    items + Transform + embeddings ─ CatalogTrainer (two-tower) ─┐
     latest blessed model (Resolver) ─ RetrievalEvaluator (full-catalogue Recall/NDCG, ModelBlessing) ─┐
     CatalogTrainer ─ ServingCheck (TF + TF Text only process; or stock InfraValidator) ─ InfraBlessing ┴ Pusher
     statistics + evaluation + blessings + push ─ RunReport (HTML, <OUTPUT_DIR>/reports/latest.html)
@@ -18,6 +19,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from pipeline.components.anomaly_gate import AnomalyGate
+from pipeline.components.catalog_embedder import CatalogEmbedder, CatalogEmbeddings
 from pipeline.components.catalog_trainer import CatalogTrainer
 from pipeline.components.gate_config import EvaluationConfig, ServingCheckConfig
 from pipeline.components.retrieval_evaluator import RetrievalEvaluator
@@ -121,7 +123,7 @@ def create_pipeline(
       report_dir: where the RunReport copies `latest.html` ("" for nowhere).
 
     Returns:
-      The `tfx.dsl.Pipeline`: ExampleGens, validation, AnomalyGate, Transform, CatalogTrainer,
+      The `tfx.dsl.Pipeline`: ExampleGens, validation, AnomalyGate, Transform, CatalogEmbedder, CatalogTrainer,
       RetrievalEvaluator, ServingCheck (or InfraValidator), Pusher and RunReport.
     """
     from pipeline.report import RunReport
@@ -145,11 +147,22 @@ def create_pipeline(
     )
     transform.add_upstream_node(gate)
 
+    # Item-text embeddings, reusing the previous run's for texts (and encoder) seen before.
+    embeddings_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+        embeddings=tfx.dsl.Channel(type=CatalogEmbeddings),
+    ).with_id("LatestCatalogEmbeddingsResolver")
+    embedder = CatalogEmbedder(items=item_gen.outputs["examples"], previous=embeddings_resolver.outputs["embeddings"],
+                               preprocess_handle=model_config.preprocess_handle,
+                               encoder_handle=model_config.encoder_handle, output_key=model_config.encoder_output_key)
+    embedder.add_upstream_node(gate)
+
     trainer = CatalogTrainer(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=i_schema.outputs["schema"],
         items=item_gen.outputs["examples"],
+        embeddings=embedder.outputs["embeddings"],
         run_fn=run_fn,
         # num_steps=0 means "ModelConfig.epochs over the data" (see trainer/train.py).
         train_args=tfx.proto.TrainArgs(num_steps=train_steps),
@@ -196,7 +209,7 @@ def create_pipeline(
     )
 
     components = [interaction_gen, item_gen, i_stats, i_schema, i_validator, c_stats, c_schema, c_validator,
-                  gate, transform, trainer, baseline_resolver, evaluator, serving_check, pusher, report]
+                  gate, transform, embeddings_resolver, embedder, trainer, baseline_resolver, evaluator, serving_check, pusher, report]
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,

@@ -59,6 +59,9 @@ class ModelConfig:
     # step at 128. 0 = the full encoder width. 128 beat 0 and 64 on validation (R@50/NDCG@10) and trains
     # as fast as 64 on 2 CPUs (~40k vs ~28k ex/s at 0; benchmarks/results/training_throughput.md).
     text_pca_dim: int = 128
+    # Training input: index features (~176 bytes per interaction) are held in memory up to this many
+    # MiB; larger data is streamed from the Transform output (shuffled full batches from the TFRecords).
+    in_memory_budget_mb: int = 2048
 
     # Item text encoder (TF Hub handles: local paths or URLs).
     preprocess_handle: str = "models/minilm/preprocess"

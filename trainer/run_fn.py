@@ -7,7 +7,7 @@ the CatalogTrainer adds `custom_config["item_files"]`, the catalogue's examples.
 from __future__ import annotations
 
 import glob
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -15,57 +15,123 @@ import tensorflow_transform as tft
 from absl import logging
 from tfx_bsl.public import tfxio
 
+from pipeline import example_reader
 from schema import contract
 from trainer.item_text import ItemTextEncoder, catalogue_texts, embed_catalogue
 from trainer.model_config import ModelConfig
 from trainer.serving_model import RecommenderModule, export_serving_model
-from trainer.train import build_text_table, candidate_vectors, catalogue_index, train_model
+from trainer.train import (StreamedExamples, build_text_table, candidate_vectors, catalogue_index, num_examples,
+                           train_model)
 
 
 # -- inputs --------------------------------------------------------------------------------------
+# Bytes per transformed example held in memory: user and item index plus the history (int64).
+INDEX_BYTES_PER_EXAMPLE = 8 * (2 + contract.HISTORY_LENGTH)
+
+
 def read_catalogue(file_pattern: str) -> dict[str, np.ndarray]:
-    """Reads the items ExampleGen output (gzipped TFRecords of tf.Example) into string arrays.
+    """Reads the items ExampleGen output with the project's one reader (typed by the items schema).
 
     Args:
       file_pattern: glob of the catalogue split's files (`custom_config["item_files"]`).
 
     Returns:
-      `{column: object array of bytes}` for each of `contract.ITEM_COLUMNS`.
+      `{column: object array of bytes}` for each of `contract.ITEM_COLUMNS` (a missing value: b"").
     """
-    files = sorted(glob.glob(file_pattern))
-    if not files:
+    if not glob.glob(file_pattern):
         raise FileNotFoundError(f"No item catalogue files match {file_pattern}")
-    spec = {name: tf.io.FixedLenFeature([], tf.string, default_value="") for name in contract.ITEM_COLUMNS}
-    columns: dict[str, list] = {name: [] for name in contract.ITEM_COLUMNS}
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096)
-    for batch in dataset:
-        parsed = tf.io.parse_example(batch, spec)
-        for name in contract.ITEM_COLUMNS:
-            columns[name].append(parsed[name].numpy())
-    return {name: np.concatenate(values).astype(object) for name, values in columns.items()}
+    columns = example_reader.read_columns(file_pattern, example_reader.ITEMS_SCHEMA, contract.ITEM_COLUMNS)
+    return {name: np.array([b"" if v is None else v for v in values], dtype=object)
+            for name, values in columns.items()}
+
+
+def _index_dataset(fn_args, tft_output: tft.TFTransformOutput, files: list[str],
+                   options: tfxio.TensorFlowDatasetOptions) -> tf.data.Dataset:
+    """Batches of the three index features from the Transform output (TFX's data accessor)."""
+    dataset = fn_args.data_accessor.tf_dataset_factory(files, options, tft_output.transformed_metadata.schema)
+
+    def dense(batch):
+        out = {}
+        for name, width in ((contract.USER_INDEX, None), (contract.ITEM_INDEX, None),
+                            (contract.HISTORY_INDEX, contract.HISTORY_LENGTH)):
+            value = batch[name]
+            if isinstance(value, tf.SparseTensor):
+                value = tf.sparse.to_dense(value, default_value=-1)
+            out[name] = tf.reshape(value, [-1] if width is None else [-1, width])
+        return out
+
+    return dataset.map(dense, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def load_index_features(fn_args, tft_output: tft.TFTransformOutput, files: list[str]) -> dict[str, np.ndarray]:
-    """All transformed examples of `files` as numpy arrays (index features are small: ~170 B/row).
+    """All transformed examples of `files` as numpy arrays (the fast path for data within the memory budget).
 
     Returns:
       `{"user_index": [N], "item_index": [N], "history_index": [N, HISTORY_LENGTH]}` int64 arrays.
     """
-    dataset = fn_args.data_accessor.tf_dataset_factory(
-        files, tfxio.TensorFlowDatasetOptions(batch_size=8192, num_epochs=1, shuffle=False),
-        tft_output.transformed_metadata.schema)
+    dataset = _index_dataset(fn_args, tft_output, files,
+                             tfxio.TensorFlowDatasetOptions(batch_size=8192, num_epochs=1, shuffle=False))
     columns: dict[str, list] = {contract.USER_INDEX: [], contract.ITEM_INDEX: [], contract.HISTORY_INDEX: []}
     for batch in dataset:
         for name in columns:
-            value = batch[name]
-            if isinstance(value, tf.SparseTensor):
-                value = tf.sparse.to_dense(value, default_value=-1)
-            columns[name].append(value.numpy())
-    return {
-        contract.USER_INDEX: np.concatenate(columns[contract.USER_INDEX]).reshape(-1),
-        contract.ITEM_INDEX: np.concatenate(columns[contract.ITEM_INDEX]).reshape(-1),
-        contract.HISTORY_INDEX: np.concatenate(columns[contract.HISTORY_INDEX]).reshape(-1, contract.HISTORY_LENGTH),
-    }
+            columns[name].append(batch[name].numpy())
+    return {name: np.concatenate(values) for name, values in columns.items()}
+
+
+def count_examples(files: list[str]) -> int:
+    """Records in gzipped TFRecord files (one decompressing pass in TF, no parsing)."""
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
+    return int(dataset.batch(65536).reduce(tf.constant(0, tf.int64),
+                                            lambda n, batch: n + tf.shape(batch, out_type=tf.int64)[0]))
+
+
+def stream_index_features(fn_args, tft_output: tft.TFTransformOutput, files: list[str], cfg: ModelConfig,
+                          num_examples: int, num_items: int) -> StreamedExamples:
+    """Training examples streamed from the Transform output: shuffled full batches, repeated forever.
+
+    The item counts for logQ come from one streaming pass over `item_index` (memory: one count per item).
+    """
+    counts = np.zeros([num_items + 1], np.int64)
+    one_pass = _index_dataset(fn_args, tft_output, files,
+                              tfxio.TensorFlowDatasetOptions(batch_size=65536, num_epochs=1, shuffle=False))
+    for batch in one_pass:
+        counts += np.bincount(batch[contract.ITEM_INDEX].numpy(), minlength=num_items + 1)[:num_items + 1]
+    batch_size = max(1, min(cfg.batch_size, num_examples))
+    dataset = _index_dataset(fn_args, tft_output, files, tfxio.TensorFlowDatasetOptions(
+        batch_size=batch_size, num_epochs=None, shuffle=True, shuffle_seed=cfg.seed,
+        shuffle_buffer_size=max(10_000, 16 * batch_size), drop_final_batch=True))
+    return StreamedExamples(dataset.prefetch(tf.data.AUTOTUNE), num_examples, counts[:num_items])
+
+
+def training_input(fn_args, tft_output: tft.TFTransformOutput, cfg: ModelConfig, num_items: int):
+    """(train, validation): in memory when the data fits `cfg.in_memory_budget_mb`, else streamed."""
+    n = count_examples(fn_args.train_files)
+    if n * INDEX_BYTES_PER_EXAMPLE <= cfg.in_memory_budget_mb * 2 ** 20:
+        return (load_index_features(fn_args, tft_output, fn_args.train_files),
+                load_index_features(fn_args, tft_output, fn_args.eval_files))
+    logging.info("Streaming %d training examples from the Transform output (over the %d MiB memory budget)",
+                 n, cfg.in_memory_budget_mb)
+    train = stream_index_features(fn_args, tft_output, fn_args.train_files, cfg, n, num_items)
+    validation = _index_dataset(fn_args, tft_output, fn_args.eval_files, tfxio.TensorFlowDatasetOptions(
+        batch_size=cfg.batch_size, num_epochs=1, shuffle=False))
+    return train, validation
+
+
+def catalogue_vectors(cfg: ModelConfig, texts: list[str], embedding_files: Optional[str] = None) -> np.ndarray:
+    """float32 [N, H] text embeddings: looked up in the CatalogEmbedder's output, else encoded here."""
+    if embedding_files:
+        from encoder.beam_inference import text_key
+        from pipeline.components.catalog_embedder import read_embeddings
+
+        cached = read_embeddings(embedding_files)
+        missing = [text for text in texts if text_key(text) not in cached]
+        if missing:
+            raise ValueError(f"{len(missing)} catalogue text(s) have no embedding in {embedding_files}, "
+                             f"e.g. {missing[:3]}")
+        logging.info("Looked up %d catalogue item text embeddings in %s", len(texts), embedding_files)
+        return np.stack([cached[text_key(text)] for text in texts]) if texts else np.zeros([0, 0], np.float32)
+    logging.info("Embedding %d catalogue item texts with %s", len(texts), cfg.encoder_handle)
+    return embed_catalogue(cfg.preprocess_handle, cfg.encoder_handle, texts, output_key=cfg.encoder_output_key)
 
 
 # -- TFX entry point -----------------------------------------------------------------------------
@@ -88,20 +154,17 @@ def run_fn(fn_args) -> None:
 
     catalogue = read_catalogue(fn_args.custom_config["item_files"])
     catalogue_ids = _decode(catalogue[contract.ITEM_ID])
-    logging.info("Embedding %d catalogue item texts with %s", len(catalogue_ids), cfg.encoder_handle)
     texts = dict(zip(catalogue_ids, catalogue_texts(catalogue)))
-    text_vectors = embed_catalogue(cfg.preprocess_handle, cfg.encoder_handle, list(texts.values()),
-                                   output_key=cfg.encoder_output_key)
+    text_vectors = catalogue_vectors(cfg, list(texts.values()), fn_args.custom_config.get("embedding_files"))
     text_table = build_text_table(item_vocab, catalogue_ids, text_vectors)
     # The same Hub layers serve `candidate_embedding`; with train_encoder they are also fine-tuned.
     text_encoder = ItemTextEncoder(cfg.preprocess_handle, cfg.encoder_handle, seq_length=cfg.text_seq_length,
                                    output_key=cfg.encoder_output_key, trainable=cfg.train_encoder)
     item_texts = [texts.get(item_id, "") for item_id in item_vocab] + [""]
 
-    train = load_index_features(fn_args, tft_output, fn_args.train_files)
-    evaluation = load_index_features(fn_args, tft_output, fn_args.eval_files)
+    train, evaluation = training_input(fn_args, tft_output, cfg, len(item_vocab))
     logging.info("Training on %d interactions, %d users, %d items (%d in catalogue)",
-                 len(train[contract.ITEM_INDEX]), len(user_vocab), len(item_vocab), len(catalogue_ids))
+                 num_examples(train), len(user_vocab), len(item_vocab), len(catalogue_ids))
     model = train_model(cfg, train, len(user_vocab), len(item_vocab), text_table, steps=fn_args.train_steps or 0,
                         log_dir=fn_args.model_run_dir, validation=evaluation, text_encoder=text_encoder,
                         item_texts=item_texts)

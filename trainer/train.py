@@ -3,7 +3,8 @@ TFX Trainer (`trainer/run_fn.py`) and the benchmarks.
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+import dataclasses
+from typing import Iterable, Optional, Union
 
 import numpy as np
 import tensorflow as tf
@@ -36,6 +37,27 @@ def build_text_table(item_vocab: Iterable[str], catalogue_ids: Iterable[str],
 
 
 # -- data ----------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class StreamedExamples:
+    """Training data too large for memory: an endless stream of shuffled full batches read from files.
+
+    `item_counts` [num_items] (interactions per item, for logQ) is counted in a streaming pass, so
+    nothing holds every row (see `trainer/run_fn.py`).
+    """
+
+    dataset: tf.data.Dataset
+    num_examples: int
+    item_counts: np.ndarray
+
+
+TrainingData = Union[dict, StreamedExamples]
+
+
+def num_examples(train: TrainingData) -> int:
+    """Rows of in-memory index features or of a `StreamedExamples`."""
+    return train.num_examples if isinstance(train, StreamedExamples) else len(train[contract.ITEM_INDEX])
+
+
 def make_dataset(index_features: dict[str, np.ndarray], cfg: ModelConfig, shuffle: bool = True) -> tf.data.Dataset:
     """Batches of index features from in-memory arrays.
 
@@ -71,14 +93,15 @@ def get_strategy() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def build_model(cfg: ModelConfig, train: dict[str, np.ndarray], num_users: int, num_items: int,
+def build_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items: int,
                 text_table: np.ndarray, total_steps: int = 0, text_encoder=None,
                 item_texts: Optional[list[str]] = None) -> TwoTowerModel:
     """The compiled (untrained) model; call inside `strategy.scope()`.
 
     Args:
       cfg: the hyperparameters.
-      train: training index features (their item counts give the logQ sampling probabilities).
+      train: training index features or `StreamedExamples` (their item counts give the logQ sampling
+        probabilities).
       num_users, num_items: vocabulary sizes (the OOV index is the size).
       text_table: [num_items + 1, H] item text embeddings (`build_text_table`).
       total_steps: steps of the run, for the cosine learning-rate schedule.
@@ -87,7 +110,10 @@ def build_model(cfg: ModelConfig, train: dict[str, np.ndarray], num_users: int, 
     Returns:
       A `TwoTowerModel` compiled with Adam.
     """
-    item_counts = np.bincount(train[contract.ITEM_INDEX], minlength=num_items + 1)[:num_items]
+    if isinstance(train, StreamedExamples):
+        item_counts = train.item_counts[:num_items]
+    else:
+        item_counts = np.bincount(train[contract.ITEM_INDEX], minlength=num_items + 1)[:num_items]
     model = TwoTowerModel(cfg, num_users=num_users, num_items=num_items, text_table=text_table,
                           item_counts=item_counts, text_encoder=text_encoder, item_texts=item_texts)
     learning_rate = cfg.learning_rate
@@ -100,9 +126,9 @@ def build_model(cfg: ModelConfig, train: dict[str, np.ndarray], num_users: int, 
     return model
 
 
-def train_model(cfg: ModelConfig, train: dict[str, np.ndarray], num_users: int, num_items: int,
+def train_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items: int,
                 text_table: np.ndarray, steps: int = 0, log_dir: Optional[str] = None,
-                validation: Optional[dict[str, np.ndarray]] = None, verbose: int = 2,
+                validation: Optional[Union[dict, tf.data.Dataset]] = None, verbose: int = 2,
                 callbacks: Optional[list] = None, text_encoder=None,
                 item_texts: Optional[list[str]] = None) -> TwoTowerModel:
     """Builds and fits the two-tower model under `get_strategy()` (all GPUs mirrored; the same code on CPU).
@@ -114,14 +140,14 @@ def train_model(cfg: ModelConfig, train: dict[str, np.ndarray], num_users: int, 
       cfg, train, num_users, num_items, text_table, text_encoder, item_texts: as for `build_model`.
       steps: training steps; 0 trains `cfg.epochs` epochs over `train`.
       log_dir: TensorBoard log directory (None: no logs).
-      validation: index features whose loss is reported after each epoch.
+      validation: index features (or a finite dataset of batches) whose loss is reported after each epoch.
       verbose, callbacks: Keras `fit`'s.
 
     Returns:
       The trained `TwoTowerModel`.
     """
     tf.keras.utils.set_random_seed(cfg.seed)
-    n = len(train[contract.ITEM_INDEX])
+    n = num_examples(train)
     batches_per_epoch = max(n // max(1, min(cfg.batch_size, n)), 1)
     if steps > 0:
         steps_per_epoch = min(steps, batches_per_epoch)
@@ -135,9 +161,11 @@ def train_model(cfg: ModelConfig, train: dict[str, np.ndarray], num_users: int, 
     callbacks = list(callbacks or [])
     if log_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
-    model.fit(make_dataset(train, cfg), epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
-              callbacks=callbacks,
-              validation_data=make_dataset(validation, cfg, shuffle=False) if validation else None)
+    if isinstance(validation, dict):
+        validation = make_dataset(validation, cfg, shuffle=False)
+    dataset = train.dataset if isinstance(train, StreamedExamples) else make_dataset(train, cfg)
+    model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose, callbacks=callbacks,
+              validation_data=validation)
     return model
 
 

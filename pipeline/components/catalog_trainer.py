@@ -28,10 +28,13 @@ from tfx.proto import trainer_pb2
 from tfx.types import artifact_utils, component_spec, standard_artifacts, standard_component_specs
 from tfx.utils import json_utils
 
+from pipeline.components.catalog_embedder import CatalogEmbeddings, embeddings_pattern
 from schema import contract
 
 ITEMS_KEY = "items"
 ITEM_FILES_KEY = "item_files"
+EMBEDDINGS_KEY = "embeddings"
+EMBEDDING_FILES_KEY = "embedding_files"
 
 
 class CatalogTrainerSpec(component_spec.ComponentSpec):
@@ -41,6 +44,7 @@ class CatalogTrainerSpec(component_spec.ComponentSpec):
     INPUTS = {
         **standard_component_specs.TrainerSpec.INPUTS,
         ITEMS_KEY: component_spec.ChannelParameter(type=standard_artifacts.Examples),
+        EMBEDDINGS_KEY: component_spec.ChannelParameter(type=CatalogEmbeddings, optional=True),
     }
     OUTPUTS = standard_component_specs.TrainerSpec.OUTPUTS
     TYPE_ANNOTATION = standard_component_specs.TrainerSpec.TYPE_ANNOTATION
@@ -54,6 +58,8 @@ class CatalogTrainerExecutor(trainer_executor.GenericExecutor):
         items_uri = artifact_utils.get_split_uri(input_dict[ITEMS_KEY], contract.ITEMS_SPLIT)
         fn_args.custom_config = dict(fn_args.custom_config or {})
         fn_args.custom_config[ITEM_FILES_KEY] = os.path.join(items_uri, "*")
+        if input_dict.get(EMBEDDINGS_KEY):
+            fn_args.custom_config[EMBEDDING_FILES_KEY] = embeddings_pattern(input_dict[EMBEDDINGS_KEY][0])
         return fn_args
 
 
@@ -66,6 +72,8 @@ class CatalogTrainer(base_component.BaseComponent):
         `fn_args.custom_config["item_files"]` (a file pattern).
       run_fn: dotted path of the training function, e.g. "trainer.run_fn.run_fn".
       custom_config: JSON-serialisable dict passed to `run_fn` (the pipeline's `{"model": ...}`).
+      embeddings: optional CatalogEmbedder output (cached item-text vectors); its files reach `run_fn` as
+        `fn_args.custom_config["embedding_files"]`, else `run_fn` embeds the catalogue itself.
 
     Outputs: `model` (the serving SavedModel) and `model_run` (TensorBoard logs), as the stock Trainer.
     """
@@ -83,12 +91,14 @@ class CatalogTrainer(base_component.BaseComponent):
         train_args: Optional[trainer_pb2.TrainArgs] = None,
         eval_args: Optional[trainer_pb2.EvalArgs] = None,
         custom_config: Optional[dict[str, Any]] = None,
+        embeddings: Optional[types.BaseChannel] = None,
     ):
         spec = CatalogTrainerSpec(
             examples=examples,
             transform_graph=transform_graph,
             schema=schema,
             items=items,
+            embeddings=embeddings,
             train_args=train_args or trainer_pb2.TrainArgs(),
             eval_args=eval_args or trainer_pb2.EvalArgs(),
             run_fn=run_fn,

@@ -19,6 +19,9 @@ class EvaluationConfig:
     baseline_metric: str = "recall@50"
     max_relative_drop: float = 0.05
     batch_size: int = 256
+    # Eval users ranked; above this many a deterministic sample (smallest id hashes) is ranked and its
+    # size written in metrics.json. 0: every eval user.
+    max_users: int = 50_000
 
     def to_json(self) -> str:
         """The config as the component's JSON execution property."""

@@ -40,6 +40,7 @@ from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, component_spec, standard_artifacts
 from tfx.utils import io_utils, path_utils
 
+from pipeline import example_reader
 from pipeline.components.gate_config import EvaluationConfig  # noqa: F401  (re-exported)
 from schema import contract
 
@@ -57,34 +58,11 @@ BLESSING_KEY = "blessing"
 
 
 # -- data ----------------------------------------------------------------------------------------
-def _split_files(artifact: types.Artifact, split: str) -> list[str]:
-    files = sorted(glob.glob(os.path.join(artifact_utils.get_split_uri([artifact], split), "*")))
-    if not files:
+def _split_pattern(artifact: types.Artifact, split: str) -> str:
+    pattern = example_reader.split_pattern(artifact, split)
+    if not glob.glob(pattern):
         raise FileNotFoundError(f"No files in split '{split}' of {artifact.uri}")
-    return files
-
-
-def read_columns(files: Sequence[str], columns: dict[str, Any]) -> dict[str, list]:
-    """Columns of gzipped tf.Example TFRecords (ExampleGen output) as python lists.
-
-    Args:
-      files: the TFRecord files.
-      columns: `{name: (tf dtype, default for a missing value)}`.
-
-    Returns:
-      `{name: values}`, strings decoded from UTF-8.
-    """
-    import tensorflow as tf
-
-    spec = {name: tf.io.FixedLenFeature([], dtype, default_value=default)
-            for name, (dtype, default) in columns.items()}
-    out: dict[str, list] = {name: [] for name in columns}
-    for batch in tf.data.TFRecordDataset(list(files), compression_type="GZIP").batch(8192):
-        parsed = tf.io.parse_example(batch, spec)
-        for name in columns:
-            values = parsed[name].numpy().tolist()
-            out[name].extend(v.decode("utf-8") if isinstance(v, bytes) else v for v in values)
-    return out
+    return pattern
 
 
 @dataclasses.dataclass
@@ -98,39 +76,67 @@ class EvalData:
     train_counts: list[int]
     cold_items: set
     catalogue_size: int
+    total_users: int = 0           # eval users before sampling (EvaluationConfig.max_users)
+
+
+def _interaction_frame(examples: types.Artifact, split: str) -> "Any":
+    """user_id, item_id, timestamp of one split (the one reader, batch by batch) as a DataFrame."""
+    import pandas as pd
+
+    columns = (contract.USER_ID, contract.ITEM_ID, contract.TIMESTAMP)
+    parts = [pd.DataFrame({name: example_reader.first_values(batch.column(i)) for i, name in enumerate(columns)})
+             for batch in example_reader.read_record_batches(
+                 _split_pattern(examples, split), example_reader.INTERACTIONS_SCHEMA, columns)]
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(columns))
+    for name in (contract.USER_ID, contract.ITEM_ID):
+        frame[name] = frame[name].map(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v)
+    return frame
+
+
+def sample_users(users: Sequence[str], max_users: int) -> list[str]:
+    """`users` sorted, or the `max_users` of them with the smallest id hash (the same sample every run)."""
+    users = sorted(users)
+    if not max_users or len(users) <= max_users:
+        return users
+    import hashlib
+
+    ranked = sorted(users, key=lambda u: hashlib.blake2b(u.encode("utf-8"), digest_size=8).digest())
+    return sorted(ranked[:max_users])
 
 
 def load_eval_data(examples: types.Artifact, items: Optional[types.Artifact],
-                   history_length: int = contract.HISTORY_LENGTH) -> EvalData:
-    """The queries, exclusions and relevant items of every eval user.
+                   history_length: int = contract.HISTORY_LENGTH, max_users: int = 0) -> EvalData:
+    """The queries, exclusions and relevant items of the eval users (all, or a sample of `max_users`).
 
     Args:
       examples: the interactions ExampleGen output (train and eval splits).
       items: the catalogue ExampleGen output (for its size), or None.
       history_length: train items kept as the query history.
+      max_users: 0 for every eval user, else at most this many (`sample_users`); `EvalData.total_users`
+        keeps the full count.
     """
-    import tensorflow as tf
-
-    columns = {contract.USER_ID: (tf.string, ""), contract.ITEM_ID: (tf.string, ""),
-               contract.TIMESTAMP: (tf.int64, 0)}
-    train = read_columns(_split_files(examples, contract.TRAIN_SPLIT), columns)
-    evals = read_columns(_split_files(examples, contract.EVAL_SPLIT), columns)
-    train_events: dict[str, list] = {}
-    for i, (user, item, ts) in enumerate(zip(train[contract.USER_ID], train[contract.ITEM_ID],
-                                             train[contract.TIMESTAMP])):
-        train_events.setdefault(user, []).append((ts, i, item))
-    relevant: dict[str, set] = {}
-    for user, item in zip(evals[contract.USER_ID], evals[contract.ITEM_ID]):
-        relevant.setdefault(user, set()).add(item)
-    train_items = set(train[contract.ITEM_ID])
+    train = _interaction_frame(examples, contract.TRAIN_SPLIT)
+    evals = _interaction_frame(examples, contract.EVAL_SPLIT)
+    all_users = evals[contract.USER_ID].unique().tolist()
+    users = sample_users(all_users, max_users)
+    cold_items = set(evals[contract.ITEM_ID].unique()) - set(train[contract.ITEM_ID].unique())
     catalogue_size = 0
     if items is not None:
-        catalogue_size = len(set(read_columns(_split_files(items, contract.ITEMS_SPLIT),
-                                              {contract.ITEM_ID: (tf.string, "")})[contract.ITEM_ID]))
-    data = EvalData([], [], [], [], [], cold_items=set(evals[contract.ITEM_ID]) - train_items,
-                    catalogue_size=catalogue_size)
-    for user in sorted(relevant):
-        events = [item for _, _, item in sorted(train_events.get(user, []))]
+        catalogue_size = len(set(example_reader.read_columns(
+            _split_pattern(items, contract.ITEMS_SPLIT), example_reader.ITEMS_SCHEMA,
+            [contract.ITEM_ID])[contract.ITEM_ID]))
+    if len(users) < len(all_users):
+        keep = set(users)
+        train = train[train[contract.USER_ID].isin(keep)]
+        evals = evals[evals[contract.USER_ID].isin(keep)]
+    # Oldest first, ties in reading order (a stable sort), as the serving history is built.
+    train = train.sort_values([contract.USER_ID, contract.TIMESTAMP], kind="stable")
+    train_items = train.groupby(contract.USER_ID, sort=False)[contract.ITEM_ID].agg(list).to_dict()
+    relevant = evals.groupby(contract.USER_ID, sort=False)[contract.ITEM_ID].agg(set).to_dict()
+    data = EvalData([], [], [], [], [], cold_items=cold_items, catalogue_size=catalogue_size,
+                    total_users=len(all_users))
+    for user in users:
+        events = train_items.get(user, [])
         data.users.append(user)
         data.histories.append(events[-history_length:] if history_length else [])
         data.exclude.append(sorted(set(events)))
@@ -281,9 +287,9 @@ class RetrievalEvaluatorExecutor(base_executor.BaseExecutor):
         evaluation = artifact_utils.get_single_instance(output_dict[EVALUATION_KEY])
         blessing = artifact_utils.get_single_instance(output_dict[BLESSING_KEY])
 
-        data = load_eval_data(examples, items)
-        logging.info("RetrievalEvaluator: %d eval users, %d cold items, catalogue %d",
-                     len(data.users), len(data.cold_items), data.catalogue_size)
+        data = load_eval_data(examples, items, max_users=cfg.max_users)
+        logging.info("RetrievalEvaluator: %d of %d eval users, %d cold items, catalogue %d",
+                     len(data.users), data.total_users, len(data.cold_items), data.catalogue_size)
         candidate = evaluate_model(path_utils.serving_model_path(model.uri), data, cfg.ks, cfg.batch_size)
         baseline = None
         if baseline_model is not None:
@@ -302,7 +308,8 @@ class RetrievalEvaluatorExecutor(base_executor.BaseExecutor):
             "candidate": {"uri": model.uri, "id": model.id, **candidate},
             "baseline": None if baseline is None else {"uri": baseline_model.uri, "id": baseline_model.id,
                                                         **baseline},
-            "data": {"eval_users": len(data.users), "cold_items": len(data.cold_items),
+            "data": {"eval_users": len(data.users), "eval_users_total": data.total_users,
+                     "eval_users_sampled": len(data.users) < data.total_users, "cold_items": len(data.cold_items),
                      "catalogue_size": data.catalogue_size,
                      "median_train_count": float(sorted(data.train_counts)[len(data.train_counts) // 2])
                      if data.train_counts else 0.0},

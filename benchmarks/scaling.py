@@ -1,0 +1,349 @@
+"""The real pipeline at growing data sizes: per-component seconds, rows/s and peak RSS from ML Metadata.
+
+    python -m benchmarks.scaling --sizes 150k,1.5M --out benchmarks/results       # make bench-scale
+
+For each size, `data.sample` writes synthetic data (catalogue growing with it), then the pipeline runs
+exactly as `make run` runs it (`tfx pipeline create|update` + `tfx run create --engine local`, settings
+from the environment) three times:
+  first    a fresh pipeline root (no cache);
+  rerun    the same pipeline after 1% new interactions on 1% new items (`--skip-rerun` to skip);
+  1worker  a fresh root with the previous Beam default (in_memory, one worker), against the default of one
+           worker per core (only at the sizes given by `--worker-sizes`).
+Per component, the wall time is its execution's create -> last update in ML Metadata; the peak RSS is
+the largest sum of the RSS of the whole process tree of `tfx run create` sampled every 0.5 s while that
+component ran. Finished (size, run) pairs are kept in the JSON and skipped when run again, so the
+sizes can be run in parts. Writes scaling.{json,md,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from typing import Optional, Sequence
+
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORK_DIR = os.path.join(PROJECT_DIR, "outputs", "scaling")
+
+# name -> (users, items, interactions): 20 users and 25 interactions per catalogue item at 150k.
+SIZES = {
+    "150k": (3_000, 6_000, 150_000),
+    "1.5M": (30_000, 60_000, 1_500_000),
+    "5M": (60_000, 300_000, 5_000_000),
+}
+DEFAULT_ARGS = "--direct_running_mode=multi_processing --direct_num_workers=0"  # pipeline/configs.py
+ONE_WORKER_ARGS = "--direct_running_mode=in_memory --direct_num_workers=1"  # the previous default
+RUNS = ("first", "rerun", "1worker")
+# Components whose work is Beam (compared 1 vs N workers).
+BEAM_COMPONENTS = ("InteractionExampleGen", "ItemExampleGen", "InteractionStatisticsGen", "ItemStatisticsGen",
+                   "AnomalyGate", "Transform")
+
+
+# -- data ------------------------------------------------------------------------------------------
+def data_dir(size: str, rerun: bool = False) -> str:
+    return os.path.join(WORK_DIR, "data", size + ("-rerun" if rerun else ""))
+
+
+def make_data(size: str) -> None:
+    """`python -m data.sample` at `size` (skipped when already written)."""
+    users, items, interactions = SIZES[size]
+    if os.path.exists(os.path.join(data_dir(size), "items", "items.csv")):
+        return
+    subprocess.run([sys.executable, "-m", "data.sample", "--out", data_dir(size), "--users", str(users),
+                    "--items", str(items), "--interactions", str(interactions)], check=True, cwd=PROJECT_DIR)
+
+
+def make_rerun_data(size: str) -> None:
+    """The size's data plus 1% new items and 1% new interactions (existing users on the new items)."""
+    if os.path.exists(os.path.join(data_dir(size, rerun=True), "items", "items.csv")):
+        return
+    import pandas as pd
+
+    from data import prepare
+    from data.sample import generate
+
+    users, items, interactions = SIZES[size]
+    base = data_dir(size)
+    frames = [pd.read_csv(os.path.join(base, rel), dtype={"user_id": str, "item_id": str})
+              for rel in (prepare.TRAIN_FILE, prepare.EVAL_FILE)]
+    old_interactions = pd.concat(frames, ignore_index=True).drop(columns=["history"], errors="ignore")
+    old_items = pd.read_csv(os.path.join(base, prepare.ITEMS_FILE), dtype=str, keep_default_na=False)
+    new_interactions, new_items = generate(n_users=max(1, users // 100), n_items=max(2, items // 100),
+                                           n_interactions=max(users // 100, interactions // 100), seed=1,
+                                           cold_fraction=0.0)
+    # New item ids; the users ("u0001", ...) are existing ones.
+    new_items["item_id"] = "n" + new_items["item_id"]
+    new_interactions["item_id"] = "n" + new_interactions["item_id"]
+    prepare.write_contract(pd.concat([old_interactions, new_interactions], ignore_index=True),
+                           pd.concat([old_items, new_items], ignore_index=True), data_dir(size, rerun=True))
+
+
+# -- one pipeline run --------------------------------------------------------------------------------
+class TreeRss:
+    """Samples the summed RSS of a process and all its descendants every `interval` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.5):
+        self.samples: list[tuple[float, int]] = []
+        self._pid, self._interval, self._stop = pid, interval, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self._pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self._stop.is_set():
+            total = 0
+            try:
+                for proc in [root] + root.children(recursive=True):
+                    try:
+                        total += proc.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                break
+            self.samples.append((time.time(), total))
+            self._stop.wait(self._interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak(self, start: float = 0.0, end: float = float("inf")) -> int:
+        return max((rss for t, rss in self.samples if start <= t <= end), default=0)
+
+
+def component_times(metadata_db: str, started: float) -> dict[str, tuple[float, float]]:
+    """{node id: (start, end) epoch seconds} of the executions ML Metadata recorded since `started`."""
+    con = sqlite3.connect(metadata_db)
+    rows = con.execute(
+        "SELECT c.name, e.create_time_since_epoch, e.last_update_time_since_epoch FROM Execution e "
+        "JOIN Association a ON a.execution_id = e.id JOIN Context c ON c.id = a.context_id "
+        "JOIN Type t ON t.id = c.type_id WHERE t.name = 'node' AND e.create_time_since_epoch >= ?",
+        (int(started * 1000),)).fetchall()
+    con.close()
+    out = {}
+    for name, start, end in rows:
+        node = name.split(".", 1)[-1]
+        out[node] = (start / 1000.0, end / 1000.0)
+    return out
+
+
+def run_pipeline(name: str, data: str, beam_args: Optional[str] = None, fresh: bool = True) -> dict:
+    """`make run`'s two tfx commands on `data`; returns per-component seconds and peak RSS."""
+    output = os.path.join(WORK_DIR, "runs", name)
+    if fresh and os.path.exists(output):
+        shutil.rmtree(output)
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=PROJECT_DIR, LOCAL_HOME=os.path.join(output, "tfx_cli"),
+               TOWER_RECS_DATA=data, TOWER_RECS_OUTPUT_DIR=output, TOWER_RECS_PIPELINE_NAME=f"scaling-{name}")
+    if beam_args:
+        env["TOWER_RECS_BEAM_PIPELINE_ARGS"] = beam_args
+    tfx = os.path.join(os.path.dirname(sys.executable), "tfx")
+    runner = os.path.join(PROJECT_DIR, "pipeline", "local_runner.py")
+    verb = "update" if os.path.exists(os.path.join(output, "tfx_cli", f"scaling-{name}")) else "create"
+    subprocess.run([tfx, "pipeline", verb, "--engine", "local", "--pipeline_path", runner], env=env,
+                   cwd=PROJECT_DIR, check=True, capture_output=True)
+    log_path = os.path.join(output, f"run-{int(time.time())}.log")
+    started = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([tfx, "run", "create", "--engine", "local", "--pipeline_name", f"scaling-{name}"],
+                                env=env, cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT)
+        rss = TreeRss(proc.pid)
+        code = proc.wait()
+        rss.stop()
+    wall = time.time() - started
+    if code != 0:
+        raise RuntimeError(f"pipeline run {name} failed ({code}); see {log_path}")
+    times = component_times(os.path.join(output, "metadata", f"scaling-{name}", "metadata.db"), started)
+    components = {node: {"seconds": round(end - start, 2), "peak_rss_mb": round(rss.peak(start, end) / 2 ** 20)}
+                  for node, (start, end) in sorted(times.items(), key=lambda kv: kv[1][0])}
+    return {"wall_seconds": round(wall, 1), "peak_rss_mb": round(rss.peak() / 2 ** 20), "components": components,
+            "load_average": list(os.getloadavg()), "beam_pipeline_args": beam_args or "default"}
+
+
+def count_rows(data: str) -> dict:
+    def lines(path):
+        with open(path, "rb") as f:
+            return max(0, sum(1 for _ in f) - 1)
+
+    inter = sum(lines(os.path.join(data, "interactions", split, "interactions.csv")) for split in ("train", "eval"))
+    return {"interactions": inter, "items": lines(os.path.join(data, "items", "items.csv"))}
+
+
+# -- results -----------------------------------------------------------------------------------------
+def _rows(node: str, rows: dict) -> int:
+    """The rows a component reads: catalogue rows for the item components, interactions otherwise."""
+    return rows["items"] if node.startswith("Item") or node == "CatalogEmbedder" else rows["interactions"]
+
+
+def _per_million(run: dict, rows: dict) -> dict:
+    return {node: round(c["seconds"] / (_rows(node, rows) / 1e6), 2) for node, c in run["components"].items()}
+
+
+def targets(results: dict) -> list[dict]:
+    """The issue's targets, measured or 'not measured'."""
+    sizes = [s for s in SIZES if "first" in results["sizes"].get(s, {}).get("runs", {})]
+    out = []
+    if len(sizes) >= 2:
+        small, large = sizes[0], sizes[-1]
+        a = results["sizes"][small]
+        b = results["sizes"][large]
+        ratios = {}
+        for node, sec in _per_million(b["runs"]["first"], b["rows"]).items():
+            base = _per_million(a["runs"]["first"], a["rows"]).get(node)
+            if base:
+                ratios[node] = round(sec / base, 2)
+        worst = max(ratios.values()) if ratios else None
+        out.append({"target": f"s per M rows at {large} <= 1.5x at {small} (every component)",
+                    "measured": ratios, "met": worst is not None and worst <= 1.5 and large == "5M",
+                    "note": "" if large == "5M" else f"5M not run; measured up to {large}"})
+    if "1.5M" in results["sizes"] and "first" in results["sizes"]["1.5M"]["runs"]:
+        wall = results["sizes"]["1.5M"]["runs"]["first"]["wall_seconds"]
+        out.append({"target": "1.5M / 60k: whole run <= 12 min", "measured": f"{wall / 60:.1f} min",
+                    "met": wall <= 720})
+    if "5M" in results["sizes"] and "first" in results["sizes"]["5M"]["runs"]:
+        rss = results["sizes"]["5M"]["runs"]["first"]["peak_rss_mb"]
+        out.append({"target": "5M / 300k: peak RSS <= 8 GB", "measured": f"{rss / 1024:.2f} GB", "met": rss <= 8192})
+    for size in sizes:
+        runs = results["sizes"][size]["runs"]
+        if "rerun" in runs:
+            ratio = runs["rerun"]["wall_seconds"] / runs["first"]["wall_seconds"]
+            out.append({"target": f"{size}: rerun (+1% interactions, +1% items) <= 40% of first run",
+                        "measured": f"{ratio:.0%}", "met": ratio <= 0.4})
+    return out
+
+
+def write_markdown(results: dict, path: str) -> None:
+    lines = ["# Pipeline scaling (`make bench-scale`)", "",
+             f"Machine: {results['machine']}. Load average per run in scaling.json.", ""]
+    nodes = []
+    for size in results["sizes"].values():
+        for run in size["runs"].values():
+            nodes += [n for n in run["components"] if n not in nodes]
+    for size, entry in results["sizes"].items():
+        rows = entry["rows"]
+        lines += [f"## {size}: {rows['interactions']:,} interactions, {rows['items']:,} items", ""]
+        runs = entry["runs"]
+        header = "| component | " + " | ".join(f"{r} s" for r in runs) + " | first: rows/s | first: s per M rows | first: peak RSS MB |"  # rows: items for Item*/CatalogEmbedder
+        lines += [header, "|" + "---|" * (header.count("|") - 1)]
+        for node in nodes:
+            if not any(node in r["components"] for r in runs.values()):
+                continue
+            cells = [f"{r['components'][node]['seconds']:.1f}" if node in r["components"] else "cached/–"
+                     for r in runs.values()]
+            first = runs.get("first", {}).get("components", {}).get(node)
+            extra = ["–", "–", "–"]
+            if first and first["seconds"] > 0:
+                extra = [f"{_rows(node, rows) / first['seconds']:,.0f}",
+                         f"{first['seconds'] / (_rows(node, rows) / 1e6):.1f}", f"{first['peak_rss_mb']:,}"]
+            lines.append(f"| {node} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
+        lines.append("| **whole run** | " + " | ".join(f"**{r['wall_seconds']:.0f}**" for r in runs.values())
+                     + f" | | | {runs.get('first', {}).get('peak_rss_mb', 0):,} |")
+        if "first" in runs and "1worker" in runs:
+            lines += ["", f"Beam on every core (`{DEFAULT_ARGS}`) vs the previous single worker (`{ONE_WORKER_ARGS}`), "
+                      "rows/s per Beam component:", "",
+                      "| component | 1 worker rows/s | every core rows/s | speedup |", "|---|---|---|---|"]
+            for node in BEAM_COMPONENTS:
+                one, every = (runs[r]["components"].get(node, {}).get("seconds") for r in ("1worker", "first"))
+                if one and every:
+                    lines.append(f"| {node} | {_rows(node, rows) / one:,.0f} | {_rows(node, rows) / every:,.0f} | "
+                                 f"{one / every:.2f}x |")
+        lines += ["", "Load average (1 min) at the end of each run: "
+                  + ", ".join(f"{n} {r['load_average'][0]:.2f}" for n, r in runs.items()), ""]
+    lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for t in results["targets"]:
+        note = f" ({t['note']})" if t.get("note") else ""
+        lines.append(f"| {t['target']} | {t['measured']}{note} | {'yes' if t['met'] else 'no'} |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def write_plot(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [s for s in results["sizes"] if "first" in results["sizes"][s]["runs"]]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    xs = [results["sizes"][s]["rows"]["interactions"] for s in sizes]
+    nodes = sorted({n for s in sizes for n in results["sizes"][s]["runs"]["first"]["components"]})
+    for node in nodes:
+        ys = [results["sizes"][s]["runs"]["first"]["components"].get(node, {}).get("seconds") for s in sizes]
+        if all(y for y in ys):
+            ax.plot(xs, ys, marker="o", label=node)
+    ax.plot(xs, [results["sizes"][s]["runs"]["first"]["wall_seconds"] for s in sizes], "k--", marker="s",
+            label="whole run")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("interactions")
+    ax.set_ylabel("seconds (first run)")
+    ax.set_title("Pipeline time vs data size (log-log; slope 1 = linear)")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="150k,1.5M,5M", help=f"comma-separated of {list(SIZES)}")
+    parser.add_argument("--worker-sizes", default="150k", help="sizes that also run with one Beam worker")
+    parser.add_argument("--skip-rerun", action="store_true", help="no rerun with 1%% new data")
+    parser.add_argument("--out", default=os.path.join(PROJECT_DIR, "benchmarks", "results"))
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated of {list(RUNS)}")
+    parser.add_argument("--force", action="store_true", help="rerun (size, run) pairs already in the JSON")
+    args = parser.parse_args(argv)
+    sizes = [s for s in args.sizes.split(",") if s]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        parser.error(f"unknown sizes {unknown}; known: {list(SIZES)}")
+    json_path = os.path.join(args.out, "scaling.json")
+    results = {"sizes": {}}
+    if os.path.exists(json_path):
+        with open(json_path) as f:
+            results = json.load(f)
+    results["machine"] = f"{os.cpu_count()} cores"
+    for size in sizes:
+        make_data(size)
+        entry = results["sizes"].setdefault(size, {"rows": count_rows(data_dir(size)), "runs": {}})
+        plan = [("first", lambda: run_pipeline(size, data_dir(size)))]
+        if not args.skip_rerun:
+            def rerun(size=size):
+                make_rerun_data(size)
+                return run_pipeline(size, data_dir(size, rerun=True), fresh=False)
+            plan.append(("rerun", rerun))
+        if size in args.worker_sizes.split(","):
+            plan.append(("1worker", lambda: run_pipeline(f"{size}-1worker", data_dir(size), ONE_WORKER_ARGS)))
+        for run_name, run in plan:
+            if run_name not in args.runs.split(","):
+                continue
+            if run_name in entry["runs"] and not args.force:
+                print(f"{size} {run_name}: done already (kept)")
+                continue
+            if run_name == "rerun" and "first" not in entry["runs"]:
+                continue
+            print(f"{size} {run_name}: running ...", flush=True)
+            entry["runs"][run_name] = run()
+            print(f"{size} {run_name}: {entry['runs'][run_name]['wall_seconds']:.0f} s, "
+                  f"peak RSS {entry['runs'][run_name]['peak_rss_mb']} MB", flush=True)
+            results["targets"] = targets(results)
+            os.makedirs(args.out, exist_ok=True)
+            with open(json_path, "w") as f:
+                json.dump(results, f, indent=2)
+            write_markdown(results, os.path.join(args.out, "scaling.md"))
+            write_plot(results, os.path.join(args.out, "scaling.png"))
+    print(open(os.path.join(args.out, "scaling.md")).read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""What lets the pipeline grow: the schema-typed reader, parallel Beam by default, the streamed trainer
+input, the evaluator's user sample and the catalogue-embedding cache (issue 10), on tiny data.
+"""
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from schema import contract
+
+
+# -- helpers: ExampleGen outputs of tiny contract folders ----------------------------------------------
+def _contract(out, n_items=200, seed=7):
+    from data.prepare import write_contract
+    from data.sample import generate
+
+    interactions, items = generate(n_users=40, n_items=n_items, n_interactions=1500, seed=seed)
+    write_contract(interactions, items, out)
+    return out
+
+
+def _examples(data_dir, work):
+    from test_bad_data import _examples as example_gens
+
+    return example_gens(data_dir, work)
+
+
+@pytest.fixture(scope="module")
+def tiny_examples(tmp_path_factory):
+    base = tmp_path_factory.mktemp("scale")
+    data_dir = _contract(str(base / "data"))
+    interactions, items = _examples(data_dir, str(base / "work"))
+    return data_dir, interactions, items
+
+
+# -- one reader -----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_reader_types_columns_from_the_schema_and_bounds_batches(tiny_examples):
+    from pipeline import example_reader
+
+    data_dir, interactions, items = tiny_examples
+    pattern = example_reader.split_pattern(interactions, contract.TRAIN_SPLIT)
+    batches = list(example_reader.read_record_batches(pattern, example_reader.INTERACTIONS_SCHEMA,
+                                                      [contract.USER_ID, contract.TIMESTAMP], batch_size=100))
+    assert max(b.num_rows for b in batches) == 100
+    train_csv = pd.read_csv(os.path.join(data_dir, "interactions", "train", "interactions.csv"), dtype=str)
+    assert sum(b.num_rows for b in batches) == len(train_csv)
+    timestamps = np.concatenate([example_reader.first_values(b.column(1)) for b in batches])
+    assert timestamps.dtype == np.int64  # the schema's INT, not a guess
+    assert sorted(timestamps.tolist()) == sorted(train_csv["timestamp"].astype(int).tolist())
+    catalogue = example_reader.read_columns(example_reader.split_pattern(items, contract.ITEMS_SPLIT),
+                                            example_reader.ITEMS_SCHEMA, contract.ITEM_COLUMNS)
+    assert len(catalogue[contract.ITEM_ID]) == 200 and isinstance(catalogue[contract.TITLE][0], bytes)
+
+
+# -- data checks: duplicated catalogue ids (the other cases are in test_bad_data.py) ------------------------
+@pytest.mark.slow
+def test_duplicated_catalogue_ids_are_named_with_their_count(tmp_path):
+    from pipeline.components.anomaly_gate import check_examples
+
+    data_dir = _contract(str(tmp_path / "data"), n_items=60)
+    items_csv = os.path.join(data_dir, "items", "items.csv")
+    items = pd.read_csv(items_csv, dtype=str, keep_default_na=False)
+    items.loc[5, "item_id"] = items.loc[4, "item_id"]
+    items.loc[9, "item_id"] = items.loc[8, "item_id"]
+    items.to_csv(items_csv, index=False)
+    problems = check_examples(*_examples(data_dir, str(tmp_path / "work")))
+    dup = [p for p in problems if "duplicated item id(s)" in p]
+    assert dup and dup[0].startswith("items items: column 'item_id': 2 duplicated item id(s) in the catalogue: "), problems
+    assert repr(items.loc[4, "item_id"]) in dup[0] and repr(items.loc[8, "item_id"]) in dup[0]
+
+
+# -- Beam on every core by default ------------------------------------------------------------------------
+def test_beam_uses_every_core_by_default_and_the_env_overrides_it(monkeypatch):
+    import importlib
+
+    from pipeline import configs
+
+    monkeypatch.delenv("TOWER_RECS_BEAM_PIPELINE_ARGS", raising=False)
+    default = importlib.reload(configs).pipeline_kwargs()["beam_pipeline_args"]
+    assert default == ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+    monkeypatch.setenv("TOWER_RECS_BEAM_PIPELINE_ARGS", "--direct_running_mode=in_memory --direct_num_workers=1")
+    assert importlib.reload(configs).pipeline_kwargs()["beam_pipeline_args"] == [
+        "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    monkeypatch.delenv("TOWER_RECS_BEAM_PIPELINE_ARGS")
+    importlib.reload(configs)
+
+
+# -- streamed trainer input -------------------------------------------------------------------------------
+def _transformed_examples(tmp_path, n, num_items):
+    """Hand-written Transform-output files (gzipped tf.Examples of the three index features) + its schema."""
+    import tensorflow as tf
+    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+    from tfx.types import standard_artifacts
+
+    rng = np.random.default_rng(0)
+    items = rng.integers(0, num_items, n)
+    history = rng.integers(-1, num_items, (n, contract.HISTORY_LENGTH))
+    split_dir = tmp_path / "transformed" / "Split-train"
+    split_dir.mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(split_dir / "data.gz"), options="GZIP") as writer:
+        for i in range(n):
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                contract.USER_INDEX: tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 7])),
+                contract.ITEM_INDEX: tf.train.Feature(int64_list=tf.train.Int64List(value=[items[i]])),
+                contract.HISTORY_INDEX: tf.train.Feature(int64_list=tf.train.Int64List(value=history[i])),
+            })).SerializeToString())
+    spec = {contract.USER_INDEX: tf.io.FixedLenFeature([], tf.int64),
+            contract.ITEM_INDEX: tf.io.FixedLenFeature([], tf.int64),
+            contract.HISTORY_INDEX: tf.io.FixedLenFeature([contract.HISTORY_LENGTH], tf.int64)}
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "transformed")
+    examples.split_names = '["train"]'
+    return examples, metadata, items
+
+
+@pytest.mark.slow
+def test_training_input_streams_full_shuffled_batches_over_the_memory_budget(tmp_path):
+    import types
+
+    from tfx.components.trainer import fn_args_utils
+    from tfx.components.util import tfxio_utils
+
+    from trainer import run_fn
+    from trainer.model_config import ModelConfig
+    from trainer.train import StreamedExamples
+
+    n, num_items = 1000, 50
+    examples, metadata, items = _transformed_examples(tmp_path, n, num_items)
+    files = [os.path.join(examples.uri, "Split-train", "data.gz")]
+    fn_args = types.SimpleNamespace(
+        train_files=files, eval_files=files,
+        data_accessor=fn_args_utils.DataAccessor(
+            tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact([examples], []),
+            record_batch_factory=None, data_view_decode_fn=None))
+    tft_output = types.SimpleNamespace(transformed_metadata=metadata)
+    assert run_fn.count_examples(files) == n
+
+    # Within the budget: the in-memory fast path, every row once.
+    in_memory, _ = run_fn.training_input(fn_args, tft_output, ModelConfig(batch_size=64), num_items)
+    assert isinstance(in_memory, dict) and sorted(in_memory[contract.ITEM_INDEX].tolist()) == sorted(items.tolist())
+
+    # Over it (budget 0): a stream of full batches that goes on past one epoch, item counts from one pass.
+    streamed, validation = run_fn.training_input(fn_args, tft_output,
+                                                 ModelConfig(batch_size=64, in_memory_budget_mb=0), num_items)
+    assert isinstance(streamed, StreamedExamples) and streamed.num_examples == n
+    np.testing.assert_array_equal(streamed.item_counts, np.bincount(items, minlength=num_items))
+    batches = list(streamed.dataset.take(2 * n // 64))
+    assert all(b[contract.ITEM_INDEX].shape == (64,) and b[contract.HISTORY_INDEX].shape == (64, 20) for b in batches)
+    first_epoch = np.concatenate([b[contract.ITEM_INDEX].numpy() for b in batches[:n // 64]])
+    assert not np.array_equal(first_epoch, items[:len(first_epoch)])  # shuffled
+    assert sum(len(b[contract.ITEM_INDEX]) for b in validation) == n  # validation: one ordered pass
+
+
+# -- the evaluator's deterministic user sample ------------------------------------------------------------
+def test_user_sample_is_deterministic_sized_and_independent_of_order():
+    from pipeline.components.retrieval_evaluator import sample_users
+
+    users = [f"u{i:05d}" for i in range(1000)]
+    sample = sample_users(users, 100)
+    assert len(sample) == 100 and sample == sorted(sample) and set(sample) <= set(users)
+    assert sample_users(list(reversed(users)), 100) == sample
+    assert sample_users(users, 0) == users and sample_users(users, 5000) == users
+    assert sample != users[:100]  # not just the first ids
+
+
+@pytest.mark.slow
+def test_evaluator_loads_a_user_sample_and_records_the_total(tiny_examples):
+    from pipeline.components.retrieval_evaluator import load_eval_data
+
+    _, interactions, items = tiny_examples
+    full = load_eval_data(interactions, items)
+    sample = load_eval_data(interactions, items, max_users=10)
+    assert full.total_users == sample.total_users == len(full.users) > 10
+    assert len(sample.users) == 10 and set(sample.users) <= set(full.users)
+    row = full.users.index(sample.users[3])
+    assert sample.histories[3] == full.histories[row] and sample.relevant[3] == full.relevant[row]
+    assert sample.catalogue_size == full.catalogue_size == 200
+
+
+# -- catalogue embeddings cached across runs --------------------------------------------------------------
+def _embed(items, previous, work, tiny_encoder):
+    from pipeline.components.catalog_embedder import CatalogEmbedderExecutor, CatalogEmbeddings
+
+    output = CatalogEmbeddings()
+    output.uri = work
+    os.makedirs(work, exist_ok=True)
+    executor = CatalogEmbedderExecutor(CatalogEmbedderExecutor.Context(
+        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"], tmp_dir=work))
+    executor.Do({"items": [items], "previous": [previous] if previous else []}, {"embeddings": [output]},
+                {"preprocess_handle": tiny_encoder[0], "encoder_handle": tiny_encoder[1],
+                 "output_key": "sentence_embedding"})
+    return output
+
+
+@pytest.mark.slow
+def test_rerun_after_one_percent_of_texts_changed_encodes_only_those(tiny_examples, tiny_encoder, tmp_path):
+    from encoder.beam_inference import text_key
+    from encoder.text_embedding import encode_texts
+    from pipeline import example_reader
+    from pipeline.components.catalog_embedder import embeddings_pattern, read_embeddings
+    from trainer.item_text import catalogue_texts
+
+    data_dir, _, items = tiny_examples
+    texts = catalogue_texts(example_reader.read_columns(example_reader.split_pattern(items, contract.ITEMS_SPLIT),
+                                                        example_reader.ITEMS_SCHEMA, contract.ITEM_COLUMNS))
+    first = _embed(items, None, str(tmp_path / "first"), tiny_encoder)
+    assert first.get_int_custom_property("texts_encoded") == len(set(texts))
+    assert first.get_int_custom_property("texts_reused") == 0
+    first_vectors = read_embeddings(embeddings_pattern(first))
+    assert set(first_vectors) == {text_key(t) for t in texts}
+
+    # 1% of the 200 items get a new title.
+    changed_dir = str(tmp_path / "changed")
+    shutil.copytree(data_dir, changed_dir)
+    items_csv = os.path.join(changed_dir, "items", "items.csv")
+    frame = pd.read_csv(items_csv, dtype=str, keep_default_na=False)
+    frame.loc[[3, 150], "title"] = ["A Completely New Title", "Another Brand New Title"]
+    frame.to_csv(items_csv, index=False)
+    _, changed_items = _examples(changed_dir, str(tmp_path / "changed_work"))
+    second = _embed(changed_items, first, str(tmp_path / "second"), tiny_encoder)
+    assert second.get_int_custom_property("texts_encoded") == 2
+    assert second.get_int_custom_property("texts_reused") == len(set(texts)) - 2
+    vectors = read_embeddings(embeddings_pattern(second))
+    new_texts = [t for t in catalogue_texts(frame.to_dict("list")) if text_key(t) not in first_vectors]
+    assert len(new_texts) == 2 and len(vectors) == len(set(texts))
+    np.testing.assert_allclose(np.stack([vectors[text_key(t)] for t in new_texts]),
+                               encode_texts(*tiny_encoder, new_texts), atol=1e-5)
+    unchanged = texts[0]
+    np.testing.assert_array_equal(vectors[text_key(unchanged)], first_vectors[text_key(unchanged)])
+
+    # Another encoder (fingerprint) reuses nothing.
+    with open(os.path.join(first.uri, "fingerprint.txt"), "w") as f:
+        f.write("another encoder")
+    third = _embed(items, first, str(tmp_path / "third"), tiny_encoder)
+    assert third.get_int_custom_property("texts_encoded") == len(set(texts))
