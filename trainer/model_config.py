@@ -51,6 +51,8 @@ class ModelConfig:
     # (720 vs 89 ms at batch 1024, benchmarks/results/training_throughput.md). Steps per call into the
     # TF runtime: >1 saves Python overhead on fast devices.
     jit_compile: bool = False
+    # XLA on where a GPU is visible (`jit_compile` above forces it everywhere; trainer/distribution.py).
+    xla_on_gpu: bool = True
     steps_per_execution: int = 1
     # bfloat16 compute in the towers (GPU); embeddings, normalisation and dot products stay float32.
     mixed_precision: bool = False
@@ -59,6 +61,8 @@ class ModelConfig:
     # step at 128. 0 = the full encoder width. 128 beat 0 and 64 on validation (R@50/NDCG@10) and trains
     # as fast as 64 on 2 CPUs (~40k vs ~28k ex/s at 0; benchmarks/results/training_throughput.md).
     text_pca_dim: int = 128
+    # Fail the run when no GPU is visible instead of training on CPU (set by TOWER_RECS_TRAINER_GPUS > 0).
+    require_gpu: bool = False
 
     # Item text encoder (TF Hub handles: local paths or URLs).
     preprocess_handle: str = "models/minilm/preprocess"
