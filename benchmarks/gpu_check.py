@@ -2,7 +2,7 @@
 and BERT catalogue-embedding texts/s, on the accelerator and on the CPU of the same machine, in one run.
 
     python -m benchmarks.gpu_check --out benchmarks/results/gpu_check.json          (<= 5 min on a GPU machine)
-    python -m benchmarks.gpu_check --examples 8192 --batch-sizes 1024 --texts 256 --out /tmp/x.json  (CPU smoke)
+    python -m benchmarks.gpu_check --examples 8192 --batch-sizes 1024 --texts 256 --out outputs/gpu_check_cpu.json  (CPU smoke)
 
 The accelerator half runs in this process (MirroredStrategy over all GPUs when there are several,
 XLA on where a GPU is visible: `trainer/distribution.py`); the CPU half runs in a child process with

@@ -222,6 +222,19 @@ def apply_resources(pipeline, trainer_gpus: int = 0, accelerator: str = "NVIDIA_
         node.with_platform_config(spec)
 
 
+def _add_missing_resources(job: dict[str, Any], pipeline) -> None:
+    """Copies each component's resource spec into its executor where TFX's compiler left it out (TFX 1.16
+    drops it for file-based ExampleGens)."""
+    from google.protobuf import json_format
+
+    executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
+    for node in pipeline.components:
+        container = executors.get(f"{node.id}_executor", {}).get("container")
+        spec = getattr(node, "platform_config", None)
+        if container is not None and spec is not None and not container.get("resources"):
+            container["resources"] = json_format.MessageToDict(spec)
+
+
 # KFP v2 schema title of a custom artifact type (tfx/orchestration/kubeflow/v2/compiler_utils.py).
 _KFP_TYPE_NAME_RE = re.compile(r"^[a-z][a-z0-9-_]{2,20}[.][A-Z][a-zA-Z0-9-_]{2,49}$")
 
@@ -259,7 +272,16 @@ def compile_pipeline(pipeline, image: str, output: str, kfp_package: Optional[st
         output_dir=output_dir,
         output_filename=output_filename,
     )
-    job = runner.run(pipeline, write_out=True)
+    job = runner.run(pipeline, write_out=False)
+    _add_missing_resources(job, pipeline)
+    # What `run(write_out=True)` does, with the resources completed.
+    from tfx import version
+    from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
+
+    os.makedirs(output_dir, exist_ok=True)
+    kubeflow_v2_dag_runner._write_pipeline_spec_to_file(
+        job, f"This is converted from TFX pipeline from tfx-{version.__version__}.",
+        os.path.join(output_dir, output_filename))
     if kfp_package:
         if not kfp_package.endswith(_KFP_PACKAGE_SUFFIXES):
             raise ValueError(f"--kfp_package must end with .yaml or .yml (kfp.Client requires it): {kfp_package}")

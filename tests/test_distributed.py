@@ -107,8 +107,8 @@ def test_dataflow_args_and_missing_options():
     for name in ("TOWER_RECS_DATAFLOW_PROJECT", "TOWER_RECS_DATAFLOW_REGION", "TOWER_RECS_DATAFLOW_TEMP_LOCATION"):
         with pytest.raises(beam_runners.BeamRunnerError, match=f"BEAM_RUNNER=dataflow needs {name}"):
             beam_runners.beam_pipeline_args({k: v for k, v in env.items() if k != name})
-    with pytest.raises(beam_runners.BeamRunnerError, match="DATAFLOW_TEMP_LOCATION=/tmp: Dataflow needs a gs://"):
-        beam_runners.beam_pipeline_args({**env, "TOWER_RECS_DATAFLOW_TEMP_LOCATION": "/tmp"})
+    with pytest.raises(beam_runners.BeamRunnerError, match="DATAFLOW_TEMP_LOCATION=tmp/beam: Dataflow needs a gs://"):
+        beam_runners.beam_pipeline_args({**env, "TOWER_RECS_DATAFLOW_TEMP_LOCATION": "tmp/beam"})
 
 
 @pytest.mark.parametrize("runner,setting", [("flink", "FLINK_MASTER"), ("spark", "SPARK_JOB_ENDPOINT")])
