@@ -139,6 +139,7 @@ def test_unknown_runner_fails_when_the_pipeline_is_configured():
 
 
 # -- Vertex ----------------------------------------------------------------------------------------
+@pytest.mark.slow  # imports the Vertex AI client (~10-60 s)
 def test_vertex_worker_pools_parse_as_a_custom_job_spec():
     from google.cloud import aiplatform_v1
 

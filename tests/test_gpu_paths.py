@@ -5,6 +5,7 @@ each train, export and match the single-device float32 run.
 The `slow` test trains three tiny models in worker processes (a logical-device split must happen
 before TensorFlow starts): ~1 min on 2 busy cores.
 """
+import json
 import os
 import subprocess
 import sys
@@ -34,18 +35,30 @@ def test_xla_only_where_a_gpu_is_visible():
     assert distribution.use_xla(jit_compile=True, xla_on_gpu=False) is True    # forced
 
 
-def _configs(**env):
-    code = "import json; from pipeline import configs as c; print(json.dumps([c.MODEL_CONFIG.require_gpu, c.TRAINER_GPUS]))"
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=ROOT, **env))
-    assert res.returncode == 0, res.stderr[-2000:]
-    return res.stdout.strip().splitlines()[-1]
+_CONFIG_CASES = r"""
+import importlib, json, os
+from pipeline import configs
+out = []
+for env in ({}, {"TOWER_RECS_TRAINER_GPUS": "1"},
+            {"TOWER_RECS_TRAINER_GPUS": "1", "TOWER_RECS_MODEL_REQUIRE_GPU": "0"}):
+    os.environ.update(env)
+    importlib.reload(configs)  # configs.py reads the environment at import
+    out.append([configs.MODEL_CONFIG.require_gpu, configs.TRAINER_GPUS])
+    for name in env:
+        del os.environ[name]
+print(json.dumps(out))
+"""
 
 
 def test_trainer_gpus_setting_requires_the_gpu_unless_overridden():
-    assert _configs() == "[false, 0]"
-    assert _configs(TOWER_RECS_TRAINER_GPUS="1") == "[true, 1]"
-    assert _configs(TOWER_RECS_TRAINER_GPUS="1", TOWER_RECS_MODEL_REQUIRE_GPU="0") == "[false, 1]"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOWER_RECS_")}
+    res = subprocess.run([sys.executable, "-c", _CONFIG_CASES], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                         env=dict(env, TF_USE_LEGACY_KERAS="1", PYTHONPATH=ROOT))
+    assert res.returncode == 0, res.stderr[-2000:]
+    default, requested, overridden = json.loads(res.stdout.strip().splitlines()[-1])
+    assert default == [False, 0]
+    assert requested == [True, 1]           # TOWER_RECS_TRAINER_GPUS=1: a CPU-only pod fails the run
+    assert overridden == [False, 1]         # ... unless TOWER_RECS_MODEL_REQUIRE_GPU=0
 
 
 @pytest.mark.slow
