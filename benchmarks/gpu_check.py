@@ -92,6 +92,8 @@ def _cpu_child(args: argparse.Namespace, out: str) -> dict:
 
 
 def _ratios(device: dict, cpu: dict) -> dict:
+    if "training" not in cpu:
+        return {}
     cpu_rates = {(r["precision"], r["batch_size"]): r["examples_per_s"] for r in cpu["training"]}
     out = {f"train_{r['precision']}_b{r['batch_size']}": r["examples_per_s"] / cpu_rates[(r["precision"], r["batch_size"])]
            for r in device["training"] if (r["precision"], r["batch_size"]) in cpu_rates}
@@ -123,8 +125,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("device half:", flush=True)
     device = measure(args)
     print("CPU half (CUDA_VISIBLE_DEVICES=-1):", flush=True)
-    cpu = _cpu_child(args, (args.out or "gpu_check.json") + ".cpu.tmp")
-    os.remove((args.out or "gpu_check.json") + ".cpu.tmp")
+    cpu_file = (args.out or "gpu_check.json") + ".cpu.tmp"
+    try:
+        cpu = _cpu_child(args, cpu_file)
+    except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as e:  # keep the device figures
+        print(f"CPU half failed: {e}", flush=True)
+        cpu = {"error": str(e)[-500:]}
+    finally:
+        if os.path.exists(cpu_file):
+            os.remove(cpu_file)
     summary = {"benchmark": "gpu_check", "gpus": device["gpus"], "gpu_run": bool(device["gpus"]),
                "device": device, "cpu": cpu, "speedup_vs_cpu": _ratios(device, cpu),
                "wall_s": time.perf_counter() - started}

@@ -15,8 +15,6 @@ from trainer import distribution
 # Workers with the same seed see the same global batches; each replica's in-batch softmax has half the
 # negatives, so the trained weights differ a little: validation loss within 3% of the 1-process run.
 EVAL_LOSS_RTOL = 0.03
-TINY = ["--examples", "4096", "--eval-examples", "1024", "--epochs", "2", "--batch-size", "256", "--users", "50",
-        "--items", "200", "--text-dim", "16", "--tiny"]
 
 
 def _config(workers, task_type="worker", index=0, chief=None):
@@ -51,22 +49,18 @@ def test_wait_for_peers_names_the_unreachable_worker():
 
 
 @pytest.mark.slow
-def test_two_workers_export_one_model_and_match_one_process(tmp_path):
-    from benchmarks.distributed import run_workers
+def test_two_workers_export_one_model_and_match_one_process():
+    from distributed_runs import training_run
 
-    results = {}
-    for n in (1, 2):
-        out = tmp_path / f"run{n}"
-        out.mkdir()
-        results[n] = run_workers(n, str(out), TINY + ["--export-dir", str(out / "export")], timeout_s=300)
-    single, (chief, other) = results[1][0], results[2]
+    (single,), _ = training_run(workers=1)
+    (chief, other), out = training_run(workers=2)
     assert single["strategy"] == "OneDevice (default)" and single["workers"] == 1
     assert chief["strategy"] == other["strategy"] == "MultiWorkerMirroredStrategy"
     assert chief["workers"] == 2 and chief["replicas"] == 2
     assert chief["chief"] and not other["chief"]
     # One serving model: the chief's, where it was asked for; the other worker's scratch copy is gone.
-    assert os.path.isfile(tmp_path / "run2" / "export" / "saved_model.pb")
-    assert chief["export_dir"] == str(tmp_path / "run2" / "export")
+    assert os.path.isfile(os.path.join(out, "export", "saved_model.pb"))
+    assert chief["export_dir"] == os.path.join(out, "export")
     assert other["export_dir"] != chief["export_dir"] and not os.path.exists(other["export_dir"])
     # Both workers stepped through the same global batches in lockstep: identical losses.
     assert chief["loss"] == other["loss"] and chief["eval_loss"] == other["eval_loss"]
@@ -76,11 +70,12 @@ def test_two_workers_export_one_model_and_match_one_process(tmp_path):
 @pytest.mark.slow
 def test_unreachable_worker_fails_fast_naming_it(tmp_path):
     from benchmarks.distributed import cluster_tf_configs, free_ports, run_workers
+    from distributed_runs import TINY
 
     configs = cluster_tf_configs(free_ports(2))
     missing = json.loads(configs[1])["cluster"]["worker"][1]
     with pytest.raises(RuntimeError) as failure:  # only the chief is started: worker 1 never answers
-        run_workers(1, str(tmp_path), TINY + ["--export-dir", str(tmp_path / "export")], timeout_s=90,
+        run_workers(1, str(tmp_path), [*TINY, "--export-dir", str(tmp_path / "export")], timeout_s=90,
                     tf_configs=configs[:1], extra_env={distribution.CONNECT_TIMEOUT_ENV: "3"})
     assert f"did not answer within 3 s: worker 1 at {missing}" in str(failure.value)
     assert not (tmp_path / "export").exists(), "nothing is written when the cluster never formed"

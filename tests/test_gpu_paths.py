@@ -19,8 +19,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Validation loss of the same seeded run: two replicas (each its half of every global batch, so half
 # the in-batch negatives) within 3%, bfloat16 towers (8-bit mantissa) within 3%.
 EVAL_LOSS_RTOL = 0.03
-TINY = ["--examples", "4096", "--eval-examples", "1024", "--epochs", "2", "--batch-size", "256", "--users", "50",
-        "--items", "200", "--text-dim", "16", "--tiny"]
 
 
 def test_gpu_requested_but_not_visible_fails_with_the_override_named():
@@ -62,15 +60,13 @@ def test_trainer_gpus_setting_requires_the_gpu_unless_overridden():
 
 
 @pytest.mark.slow
-def test_mirrored_and_mixed_precision_match_single_device_float32(tmp_path):
-    from benchmarks.distributed import run_workers
+def test_mirrored_and_mixed_precision_match_single_device_float32():
+    from distributed_runs import training_run
 
     runs = {}
-    for name, flags in {"float32": [], "mirrored": ["--logical-cpus", "2"], "bf16": ["--mixed-precision"]}.items():
-        out = tmp_path / name
-        out.mkdir()
-        runs[name] = run_workers(1, str(out), TINY + flags + ["--export-dir", str(out / "export")], timeout_s=300)[0]
-        assert os.path.isfile(out / "export" / "saved_model.pb"), f"{name}: no exported model"
+    for name, flags in {"float32": (), "mirrored": ("--logical-cpus", "2"), "bf16": ("--mixed-precision",)}.items():
+        (runs[name],), out = training_run(workers=1, flags=flags)
+        assert os.path.isfile(os.path.join(out, "export", "saved_model.pb")), f"{name}: no exported model"
     assert runs["mirrored"]["strategy"] == "MirroredStrategy" and runs["mirrored"]["replicas"] == 2
     assert len(runs["mirrored"]["devices"]) == 2
     assert runs["bf16"]["replicas"] == 1
