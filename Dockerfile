@@ -2,12 +2,14 @@
 # runs in it. TFX 1.16 with the project's locked dependencies, the project in /pipeline, and the
 # MiniLM TF Hub modules built at image build time (no model download at run time).
 #
-#   docker build -t REGISTRY/tower-recs-pipeline:TAG .        (from the repository root)
+#   docker build -t REGISTRY/tower-recs-pipeline:TAG .        (from the repository root; CPU)
+#   docker build --target gpu -t REGISTRY/tower-recs-pipeline:TAG-gpu .
+#                                      (GPU flavour: + the CUDA 12.3 / cuDNN 8.9 wheels of the lock's `gpu` group)
 #   python -m pipeline.kubeflow_runner --image REGISTRY/tower-recs-pipeline:TAG ...
 #
 # The base image's ENTRYPOINT (/opt/apache/beam/boot, for Beam workers) is kept on purpose: KFP and
 # Vertex start each step with an explicit command (python -m tfx.orchestration.kubeflow.v2...).
-FROM tensorflow/tfx:1.16.0
+FROM tensorflow/tfx:1.16.0 AS base
 
 # Same uv as the Makefile (UV_VERSION), from PyPI.
 ARG UV_VERSION=0.13.9
@@ -47,3 +49,19 @@ RUN python -m encoder.export --out /pipeline/models/minilm \
  && test -f /pipeline/models/minilm/preprocess/saved_model.pb \
  && test -f /pipeline/models/minilm/encoder/saved_model.pb \
  && python -c "import pipeline.pipeline, trainer.run_fn, trainer.preprocessing"
+
+# -- GPU flavour (`--target gpu`): TF 2.16.2's CUDA/cuDNN libraries as pip wheels, exactly as locked in
+# uv.lock's `gpu` dependency group (tensorflow[and-cuda]==2.16.2); TensorFlow finds them in site-packages.
+# Run it on GPU nodes with TOWER_RECS_TRAINER_GPUS>0 so a pod without a visible GPU fails instead of
+# training on CPU (trainer/distribution.py).
+FROM base AS gpu
+RUN uv export --frozen --no-hashes --no-emit-project --only-group gpu --output-file gpu.lock.txt \
+ && uv pip install --python "$(command -v python)" --system --break-system-packages \
+        --no-deps --requirement gpu.lock.txt \
+ && rm gpu.lock.txt \
+ && python -c "import tensorflow as tf; assert tf.__version__ == '2.16.2', tf.__version__; \
+assert tf.test.is_built_with_cuda(), 'TensorFlow without CUDA'" \
+ && python -c "import nvidia.cudnn, nvidia.cublas"
+
+# -- CPU flavour: the default target (`docker build .` builds the last stage).
+FROM base AS cpu

@@ -7,6 +7,7 @@ environment (`pipeline/overrides.py`):
   TOWER_RECS_MODEL_<FIELD>           any `ModelConfig` field, e.g. TOWER_RECS_MODEL_EPOCHS=2
   TOWER_RECS_EVAL_<FIELD>            any `EvaluationConfig` field (RetrievalEvaluator)
   TOWER_RECS_SERVING_CHECK_<FIELD>   any `ServingCheckConfig` field (ServingCheck)
+  TOWER_RECS_BEAM_RUNNER             direct | dataflow | flink | spark (pipeline/beam_runners.py)
 
 `pipeline_kwargs()` turns them into the arguments of `pipeline.create_pipeline`, for the local
 and the Kubeflow runner alike.
@@ -17,6 +18,7 @@ import dataclasses
 import os
 from typing import Any
 
+from pipeline import beam_runners
 from pipeline.components.gate_config import EvaluationConfig, ServingCheckConfig
 from pipeline.overrides import env, from_env
 from schema import contract
@@ -75,10 +77,20 @@ _model = from_env(ModelConfig(), "MODEL", not_fields=("NAME",))
 MODEL_CONFIG = dataclasses.replace(_model, preprocess_handle=_abs(_model.preprocess_handle),
                                    encoder_handle=_abs(_model.encoder_handle))
 
+# GPUs for the Trainer: >0 requests them (KFP resource spec, Vertex machine spec, TFJob) and makes a run
+# that sees none fail (ModelConfig.require_gpu; TOWER_RECS_MODEL_REQUIRE_GPU=0 trains on CPU anyway).
+# TRAINER_ACCELERATOR: Vertex's accelerator type, or "nvidia.com/gpu" for open-source Kubeflow.
+TRAINER_GPUS = int(env("TRAINER_GPUS", "0"))
+TRAINER_ACCELERATOR = env("TRAINER_ACCELERATOR", "NVIDIA_TESLA_T4")
+if TRAINER_GPUS > 0 and env("MODEL_REQUIRE_GPU") is None:
+    MODEL_CONFIG = dataclasses.replace(MODEL_CONFIG, require_gpu=True)
+
 # Beam's DirectRunner on every core by default (one worker process per core: 0 = os.cpu_count());
 # TOWER_RECS_BEAM_PIPELINE_ARGS replaces them, e.g. "--direct_num_workers=1" or --runner=DataflowRunner ...
 DEFAULT_BEAM_PIPELINE_ARGS = "--direct_running_mode=multi_processing --direct_num_workers=0"
 BEAM_PIPELINE_ARGS = env("BEAM_PIPELINE_ARGS", DEFAULT_BEAM_PIPELINE_ARGS).split()
+# TOWER_RECS_BEAM_RUNNER=dataflow|flink|spark replaces those with the cluster runner's args, validated here.
+BEAM_PIPELINE_ARGS = beam_runners.beam_pipeline_args(default_args=BEAM_PIPELINE_ARGS)
 
 # -- Gates before Pusher (pipeline/components/retrieval_evaluator.py, serving_check.py) ------------
 # RetrievalEvaluator: full-catalogue Recall/NDCG@K against absolute minimums and the latest blessed model.

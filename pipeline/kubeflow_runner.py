@@ -29,6 +29,8 @@ Defaults come from the environment, so `make kubeflow` needs no code edits:
     TOWER_RECS_KFP_DATA                  --data_root          ({bucket}/data)
     TOWER_RECS_KFP_SERVING_MODEL_DIR     --serving_model_dir  ({bucket}/serving_model)
     TOWER_RECS_KFP_BEAM_PIPELINE_ARGS    --beam_pipeline_args (else configs.BEAM_PIPELINE_ARGS)
+    TOWER_RECS_TRAINER_GPUS, TOWER_RECS_TRAINER_ACCELERATOR
+                                         the Trainer's GPU request (COMPONENT_RESOURCES: CPU/memory)
     TOWER_RECS_PIPELINE_NAME, TOWER_RECS_MODEL_NAME, TOWER_RECS_TRAIN_STEPS, TOWER_RECS_EVAL_STEPS,
     TOWER_RECS_MODEL_<FIELD>, TOWER_RECS_EVAL_<FIELD>, TOWER_RECS_SERVING_CHECK_<FIELD>
                                          (read by pipeline/configs.py; see pipeline/overrides.py)
@@ -182,7 +184,55 @@ def build(settings: Optional[KubeflowSettings] = None):
     """The cluster pipeline: `create_pipeline(**resolve(settings))`."""
     from pipeline.pipeline import create_pipeline
 
-    return create_pipeline(**resolve(settings or KubeflowSettings.from_env()))
+    pipeline = create_pipeline(**resolve(settings or KubeflowSettings.from_env()))
+    apply_resources(pipeline, configs.TRAINER_GPUS, configs.TRAINER_ACCELERATOR)
+    return pipeline
+
+
+# Kubernetes requests per component (vCPU, GB of memory); a component not named gets DEFAULT_RESOURCES.
+# Beam components run the DirectRunner in their pod unless TOWER_RECS_BEAM_RUNNER sends them to a cluster.
+DEFAULT_RESOURCES = (1.0, 4.0)
+COMPONENT_RESOURCES = {
+    "InteractionExampleGen": (2.0, 8.0),
+    "InteractionStatisticsGen": (2.0, 8.0),
+    "Transform": (4.0, 16.0),
+    "CatalogTrainer": (4.0, 16.0),
+    "RetrievalEvaluator": (4.0, 16.0),
+}
+TRAINER_ID = "CatalogTrainer"
+
+
+def apply_resources(pipeline, trainer_gpus: int = 0, accelerator: str = "NVIDIA_TESLA_T4") -> None:
+    """Sets each component's KFP v2 resource spec: CPU/memory requests (= limits), and `trainer_gpus`
+    accelerators of type `accelerator` for the Trainer (Vertex: e.g. NVIDIA_TESLA_T4; open-source KFP:
+    nvidia.com/gpu)."""
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    resource_spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+    if trainer_gpus < 0:
+        raise ValueError(f"TOWER_RECS_TRAINER_GPUS={trainer_gpus}: expected 0 or more GPUs")
+    for node in pipeline.components:
+        if not hasattr(node, "with_platform_config"):
+            continue
+        cpu, memory = COMPONENT_RESOURCES.get(node.id, DEFAULT_RESOURCES)
+        spec = resource_spec(cpu_request=cpu, cpu_limit=cpu, memory_request=memory, memory_limit=memory)
+        if node.id == TRAINER_ID and trainer_gpus:
+            spec.accelerator.type = accelerator
+            spec.accelerator.count = trainer_gpus
+        node.with_platform_config(spec)
+
+
+def _add_missing_resources(job: dict[str, Any], pipeline) -> None:
+    """Copies each component's resource spec into its executor where TFX's compiler left it out (TFX 1.16
+    drops it for file-based ExampleGens)."""
+    from google.protobuf import json_format
+
+    executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
+    for node in pipeline.components:
+        container = executors.get(f"{node.id}_executor", {}).get("container")
+        spec = getattr(node, "platform_config", None)
+        if container is not None and spec is not None and not container.get("resources"):
+            container["resources"] = json_format.MessageToDict(spec)
 
 
 # KFP v2 schema title of a custom artifact type (tfx/orchestration/kubeflow/v2/compiler_utils.py).
@@ -222,7 +272,16 @@ def compile_pipeline(pipeline, image: str, output: str, kfp_package: Optional[st
         output_dir=output_dir,
         output_filename=output_filename,
     )
-    job = runner.run(pipeline, write_out=True)
+    job = runner.run(pipeline, write_out=False)
+    _add_missing_resources(job, pipeline)
+    # What `run(write_out=True)` does, with the resources completed.
+    from tfx import version
+    from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
+
+    os.makedirs(output_dir, exist_ok=True)
+    kubeflow_v2_dag_runner._write_pipeline_spec_to_file(
+        job, f"This is converted from TFX pipeline from tfx-{version.__version__}.",
+        os.path.join(output_dir, output_filename))
     if kfp_package:
         if not kfp_package.endswith(_KFP_PACKAGE_SUFFIXES):
             raise ValueError(f"--kfp_package must end with .yaml or .yml (kfp.Client requires it): {kfp_package}")
@@ -367,6 +426,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipeline.pipeline import create_pipeline
 
     pipeline = create_pipeline(**kwargs)
+    apply_resources(pipeline, configs.TRAINER_GPUS, configs.TRAINER_ACCELERATOR)
     kfp_package = _default_kfp_package(args.output) if args.kfp_package is None else args.kfp_package
     compile_pipeline(pipeline, settings.image, args.output, kfp_package or None, args.pipeline_spec_version)
     summary = {

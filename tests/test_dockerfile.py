@@ -12,8 +12,10 @@ from pipeline import kubeflow_runner
 
 def test_dockerfile_base_env_and_locked_install():
     instrs = dockerfile_instructions()
-    assert instrs[0] == ("FROM", "tensorflow/tfx:1.16.0")
-    assert [r for i, r in instrs if i == "FROM"] == ["tensorflow/tfx:1.16.0"]
+    assert instrs[0] == ("FROM", "tensorflow/tfx:1.16.0 AS base")
+    # `docker build .` builds the last stage: the CPU image, the base with nothing added.
+    assert [r for i, r in instrs if i == "FROM"] == ["tensorflow/tfx:1.16.0 AS base", "base AS gpu", "base AS cpu"]
+    assert instrs[-1] == ("FROM", "base AS cpu")
     env = dockerfile_env()
     assert env["TF_USE_LEGACY_KERAS"] == "1"
     assert env["PYTHONPATH"] == "/pipeline"
@@ -82,3 +84,43 @@ def test_locked_export_installs_without_torch():
         if heavy in pins:
             assert "sys_platform == 'never'" in pins[heavy], pins[heavy]
     assert "tower-recs" not in pins
+
+
+def _uv():
+    uv = shutil.which("uv", path=str(ROOT / ".tools" / "uv" / "bin")) or shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv not installed")
+    return uv
+
+
+def test_gpu_target_installs_the_locked_cuda_group():
+    """`docker build --target gpu`: the base image plus exactly the lock's `gpu` group (CUDA/cuDNN wheels)."""
+    instrs = dockerfile_instructions()
+    start = instrs.index(("FROM", "base AS gpu"))
+    end = instrs.index(("FROM", "base AS cpu"))
+    runs = [r for i, r in instrs[start:end] if i == "RUN"]
+    install = next(r for r in runs if "uv export" in r)
+    assert "--frozen" in install and "--only-group gpu" in install and "--no-deps" in install
+    assert "is_built_with_cuda()" in " ".join(runs), "the build fails if TensorFlow has no CUDA"
+    # The documented command names the target.
+    assert "docker build --target gpu" in (ROOT / "Dockerfile").read_text()
+
+
+def _export(*flags: str) -> dict[str, str]:
+    res = subprocess.run([_uv(), "export", "--frozen", "--no-hashes", "--no-emit-project", *flags], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    if res.returncode != 0 and "pyenv" in res.stderr:
+        pytest.skip(f"uv shim not usable here: {res.stderr.strip()[:200]}")
+    assert res.returncode == 0, res.stderr
+    reqs = [ln for ln in res.stdout.splitlines() if ln and not ln.startswith((" ", "#"))]
+    return {ln.split("==")[0].split(";")[0].strip().lower(): ln for ln in reqs}
+
+
+def test_gpu_group_is_locked_and_stays_out_of_the_default_install():
+    gpu = _export("--only-group", "gpu")
+    assert gpu["tensorflow"].startswith("tensorflow==2.16.2")
+    for lib in ("nvidia-cudnn-cu12", "nvidia-cublas-cu12", "nvidia-cuda-runtime-cu12", "nvidia-nccl-cu12"):
+        assert lib in gpu, f"{lib} missing from the gpu group"
+    # `make setup` (uv sync --all-extras: extras + default groups) and the CPU image (--no-dev) get no CUDA.
+    for flags in (("--all-extras",), ("--no-dev",)):
+        assert not [name for name in _export(*flags) if name.startswith("nvidia-")], flags

@@ -1,6 +1,8 @@
 """deploy/k8s: the rendered manifests are valid Kubernetes objects, linked to each other and to the
 TF Serving configuration (tooling in tests/k8s_manifests.py)."""
 import copy
+import importlib
+import json
 import re
 
 import pytest
@@ -41,7 +43,9 @@ def test_every_manifest_file_is_valid():
         listed |= {(kfile.parent / p["path"]).resolve() for p in k.get("patches", [])}
     for path in files:
         for doc in (d for d in yaml.safe_load_all(path.read_text()) if d):
-            if path.parent == GPU:  # patches are partial objects: no unknown fields, right types
+            if doc.get("kind") == "TFJob":  # a Kubeflow CRD: checked by tfjob_errors below
+                assert not tfjob_errors(doc), (path, tfjob_errors(doc))
+            elif path.parent == GPU:  # patches are partial objects: no unknown fields, right types
                 assert not schema_errors(doc, MODELS[(doc["apiVersion"], doc["kind"])], path.name)
             else:
                 assert not validate(doc), (path, validate(doc))
@@ -180,3 +184,81 @@ def test_renderer_applies_generator_hash_and_patches(base_objects, gpu_objects):
     assert all(o["metadata"].get("namespace") == "tower-recs" for o in gpu_objects if o["kind"] != "Namespace")
     assert one_object(gpu_objects, "HorizontalPodAutoscaler")["spec"]["maxReplicas"] <= \
         one_object(base_objects, "HorizontalPodAutoscaler")["spec"]["maxReplicas"]
+
+
+# -- the Trainer as a Kubeflow TFJob (deploy/k8s/training) -------------------------------------------
+TRAINING = ROOT / "deploy" / "k8s" / "training"
+# Fields of the Training Operator's kubeflow.org/v1 TFJob (a CRD: no model in the kubernetes client).
+_TFJOB_SPEC = {"runPolicy", "tfReplicaSpecs", "successPolicy", "enableDynamicWorker"}
+_RUN_POLICY = {"cleanPodPolicy", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished",
+               "schedulingPolicy", "suspend"}
+_REPLICA_TYPES = {"Chief", "Master", "Worker", "PS", "Evaluator"}
+_REPLICA_SPEC = {"replicas", "restartPolicy", "template"}
+
+
+def tfjob_errors(job: dict) -> list[str]:
+    """TFJob fields by the operator's schema; each replica's pod template checked as a V1PodTemplateSpec."""
+    from kubernetes import client
+
+    errors = []
+    if (job.get("apiVersion"), job.get("kind")) != ("kubeflow.org/v1", "TFJob"):
+        errors.append(f"not a kubeflow.org/v1 TFJob: {job.get('apiVersion')} {job.get('kind')}")
+    spec = job.get("spec", {})
+    errors += [f"spec.{k}: unknown TFJob field" for k in set(spec) - _TFJOB_SPEC]
+    errors += [f"spec.runPolicy.{k}: unknown field" for k in set(spec.get("runPolicy", {})) - _RUN_POLICY]
+    for kind, replica in spec.get("tfReplicaSpecs", {}).items():
+        if kind not in _REPLICA_TYPES:
+            errors.append(f"tfReplicaSpecs.{kind}: not a TFJob replica type {sorted(_REPLICA_TYPES)}")
+        errors += [f"{kind}.{k}: unknown field" for k in set(replica) - _REPLICA_SPEC]
+        if replica.get("restartPolicy") not in ("Always", "OnFailure", "Never", "ExitCode"):
+            errors.append(f"{kind}.restartPolicy: {replica.get('restartPolicy')!r}")
+        errors += schema_errors(replica["template"], "V1PodTemplateSpec", f"{kind}.template")
+
+        class _Response:
+            data = json.dumps(replica["template"])
+        try:
+            client.ApiClient().deserialize(_Response(), "V1PodTemplateSpec")
+        except (ValueError, TypeError) as e:
+            errors.append(f"{kind}.template: {e}")
+        # The operator finds the training container by this name (its ports and TF_CONFIG go there).
+        if "tensorflow" not in [c["name"] for c in replica["template"]["spec"]["containers"]]:
+            errors.append(f"{kind}: no container named 'tensorflow'")
+    return errors
+
+
+@pytest.fixture(scope="module")
+def tfjob():
+    objects = kustomize_build(TRAINING)
+    assert [o["kind"] for o in objects] == ["TFJob"]
+    return objects[0]
+
+
+def test_tfjob_runs_the_trainer_executor_in_the_pipeline_image(tfjob):
+    from pipeline import kubeflow_runner
+    from trainer import distribution
+
+    assert not tfjob_errors(tfjob), tfjob_errors(tfjob)
+    assert tfjob["metadata"]["namespace"] == "tower-recs"
+    replicas = tfjob["spec"]["tfReplicaSpecs"]
+    assert replicas["Chief"]["replicas"] == 1 and replicas["Worker"]["replicas"] >= 1
+    for kind in ("Chief", "Worker"):
+        c = replicas[kind]["template"]["spec"]["containers"][0]
+        assert c["image"].split(":")[0] == kubeflow_runner.DEFAULT_IMAGE.split(":")[0]
+        assert c["command"] == ["python", "-m", "tfx.scripts.run_executor"]
+        executor = next(a.split("=", 1)[1] for a in c["args"] if a.startswith("--executor_class_path="))
+        module, _, name = executor.rpartition(".")
+        assert getattr(importlib.import_module(module), name)  # the class exists in the image's TFX
+        env = {e["name"] for e in c["env"]}
+        assert distribution.CONNECT_TIMEOUT_ENV in env
+        # Every $(VAR) in args is defined in env (Kubernetes leaves undefined ones as literal text).
+        assert set(re.findall(r"\$\((\w+)\)", " ".join(c["args"]))) <= env
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_tfjob_checker_rejects_typos(tfjob):
+    broken = copy.deepcopy(tfjob)
+    broken["spec"]["tfReplicaSpecs"]["Workers"] = broken["spec"]["tfReplicaSpecs"].pop("Worker")
+    broken["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    errors = tfjob_errors(broken)
+    assert any("Workers: not a TFJob replica type" in e for e in errors)
+    assert any("imagePullPolicyy: unknown field" in e for e in errors)

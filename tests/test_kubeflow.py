@@ -28,7 +28,9 @@ BEAM_ARGS = ["--runner=DataflowRunner", "--project=my-project", "--region=europe
 TFX_ENTRYPOINT = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
 # The pipeline's override mechanism (pipeline/overrides.py) reaches the compiled components' parameters.
 CONFIG_OVERRIDES = {"TOWER_RECS_MODEL_TEMPERATURE": "0.05", "TOWER_RECS_EVAL_KS": "[10, 50]",
-                    "TOWER_RECS_SERVING_CHECK_LATENCY_CALLS": "7"}
+                    "TOWER_RECS_SERVING_CHECK_LATENCY_CALLS": "7",
+                    # The Trainer's GPU request (pipeline/configs.py -> kubeflow_runner.apply_resources).
+                    "TOWER_RECS_TRAINER_GPUS": "2", "TOWER_RECS_TRAINER_ACCELERATOR": "NVIDIA_L4"}
 
 
 def _cli_args(output: Path) -> list[str]:
@@ -282,3 +284,26 @@ def test_flags_and_env_defaults(runner, monkeypatch):
     assert runner.resolve(s)["beam_pipeline_args"] == [
         "--runner=FlinkRunner", "--environment_type=EXTERNAL", "--parallelism=4"]
     assert runner._default_kfp_package("outputs/kubeflow/tower-recs.json") == "outputs/kubeflow/tower-recs.yaml"
+
+
+def test_components_request_resources_and_the_trainer_its_gpus(compiled, runner):
+    """Every executor container has CPU/memory requests; only the Trainer asks for the configured GPUs."""
+    out, facts, _ = compiled
+    job = json.loads((out / "cli.json").read_text())
+    executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
+    containers = {name: body["container"] for name, body in executors.items() if "container" in body}
+    assert containers
+    trainer = [name for name in containers if name.startswith(runner.TRAINER_ID)]
+    assert len(trainer) == 1, sorted(containers)
+    for name, container in containers.items():
+        resources = container.get("resources", {})
+        component = name.rsplit("_executor", 1)[0]
+        cpu, memory = runner.COMPONENT_RESOURCES.get(component, runner.DEFAULT_RESOURCES)
+        assert resources.get("cpuRequest") == cpu and resources.get("memoryRequest") == memory, (name, resources)
+        if name in trainer:
+            assert resources["accelerator"] == {"type": "NVIDIA_L4", "count": "2"}
+        else:
+            assert "accelerator" not in resources, name
+    # The Trainer's run fails instead of training on CPU when the GPU is missing.
+    props = json.dumps(job["pipelineSpec"]["root"]["dag"]["tasks"][runner.TRAINER_ID])
+    assert '\\"require_gpu\\": true' in props or '"require_gpu": true' in props

@@ -51,6 +51,8 @@ class ModelConfig:
     # (720 vs 89 ms at batch 1024, benchmarks/results/training_throughput.md). Steps per call into the
     # TF runtime: >1 saves Python overhead on fast devices.
     jit_compile: bool = False
+    # XLA on where a GPU is visible (`jit_compile` above forces it everywhere; trainer/distribution.py).
+    xla_on_gpu: bool = True
     steps_per_execution: int = 1
     # bfloat16 compute in the towers (GPU); embeddings, normalisation and dot products stay float32.
     mixed_precision: bool = False
@@ -62,6 +64,8 @@ class ModelConfig:
     # Training input: index features (~176 bytes per interaction) are held in memory up to this many
     # MiB; larger data is streamed from the Transform output (shuffled full batches from the TFRecords).
     in_memory_budget_mb: int = 2048
+    # Fail the run when no GPU is visible instead of training on CPU (set by TOWER_RECS_TRAINER_GPUS > 0).
+    require_gpu: bool = False
 
     # Item text encoder (TF Hub handles: local paths or URLs).
     preprocess_handle: str = "models/minilm/preprocess"

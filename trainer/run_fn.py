@@ -17,6 +17,7 @@ from tfx_bsl.public import tfxio
 
 from pipeline import example_reader
 from schema import contract
+from trainer import distribution
 from trainer.item_text import ItemTextEncoder, catalogue_texts, embed_catalogue
 from trainer.model_config import ModelConfig
 from trainer.serving_model import RecommenderModule, export_serving_model
@@ -148,6 +149,8 @@ def run_fn(fn_args) -> None:
         `custom_config["item_files"]` (the catalogue, from CatalogTrainer).
     """
     cfg = ModelConfig.from_dict(fn_args.custom_config["model"])
+    # First: a multi-worker strategy (TF_CONFIG) must be made before any other TensorFlow op.
+    strategy = distribution.choose_strategy(require_gpu=cfg.require_gpu)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     user_vocab = _decode(tft_output.vocabulary_by_name(contract.USER_VOCAB))
     item_vocab = _decode(tft_output.vocabulary_by_name(contract.ITEM_VOCAB))
@@ -167,7 +170,9 @@ def run_fn(fn_args) -> None:
                  num_examples(train), len(user_vocab), len(item_vocab), len(catalogue_ids))
     model = train_model(cfg, train, len(user_vocab), len(item_vocab), text_table, steps=fn_args.train_steps or 0,
                         log_dir=fn_args.model_run_dir, validation=evaluation, text_encoder=text_encoder,
-                        item_texts=item_texts)
+                        item_texts=item_texts, strategy=strategy)
+    # What it trained on, beside the TensorBoard logs (the run report reads the model run dir).
+    distribution.write_devices(strategy, fn_args.model_run_dir)
 
     if cfg.train_encoder:  # the serving index must use the fine-tuned encoder
         all_texts = [texts[item_id] for item_id in catalogue_ids]
@@ -176,5 +181,7 @@ def run_fn(fn_args) -> None:
     vectors = candidate_vectors(model, catalogue_index(item_vocab, catalogue_ids), text_vectors)
     module = RecommenderModule(model, tft_output, catalogue_ids, vectors, text_encoder, cfg)
     model_name = fn_args.custom_config.get("model_name", "tower_recs")
-    export_serving_model(module, fn_args.serving_model_dir, model_name, warmup_user_ids=user_vocab[:20])
-    logging.info("Exported serving model to %s", fn_args.serving_model_dir)
+    # Every worker saves (saving may run collectives); only the chief's copy is the serving model.
+    with distribution.export_dir_for_task(strategy, fn_args.serving_model_dir) as export_dir:
+        export_serving_model(module, export_dir, model_name, warmup_user_ids=user_vocab[:20])
+    logging.info("Exported serving model to %s", export_dir)

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from schema import contract
+from trainer import distribution
 from trainer.model import TwoTowerModel
 from trainer.model_config import ModelConfig
 
@@ -85,12 +86,9 @@ def make_dataset(index_features: dict[str, np.ndarray], cfg: ModelConfig, shuffl
 
 
 # -- training ------------------------------------------------------------------------------------
-def get_strategy() -> tf.distribute.Strategy:
-    """MirroredStrategy over all GPUs when more than one is visible, else the default (one device)."""
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+def get_strategy(require_gpu: bool = False) -> tf.distribute.Strategy:
+    """The strategy of `trainer/distribution.py`: multi-worker from TF_CONFIG, all local GPUs mirrored, or one device."""
+    return distribution.choose_strategy(require_gpu=require_gpu)
 
 
 def build_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items: int,
@@ -121,7 +119,8 @@ def build_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items
         learning_rate = tf.keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total_steps)
     elif cfg.lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate), jit_compile=cfg.jit_compile,
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),
+                  jit_compile=distribution.use_xla(cfg.jit_compile, cfg.xla_on_gpu),
                   steps_per_execution=max(1, cfg.steps_per_execution))
     return model
 
@@ -130,8 +129,10 @@ def train_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items
                 text_table: np.ndarray, steps: int = 0, log_dir: Optional[str] = None,
                 validation: Optional[Union[dict, tf.data.Dataset]] = None, verbose: int = 2,
                 callbacks: Optional[list] = None, text_encoder=None,
-                item_texts: Optional[list[str]] = None) -> TwoTowerModel:
-    """Builds and fits the two-tower model under `get_strategy()` (all GPUs mirrored; the same code on CPU).
+                item_texts: Optional[list[str]] = None,
+                strategy: Optional[tf.distribute.Strategy] = None) -> TwoTowerModel:
+    """Builds and fits the two-tower model under `strategy` (default `get_strategy()`: multi-worker from
+    TF_CONFIG, all GPUs mirrored, else one device; the same code on CPU).
 
         model = train_model(ModelConfig(epochs=2), train, num_users, num_items, text_table)
         vectors = candidate_vectors(model, catalogue_index(item_vocab, catalogue_ids), text_vectors)
@@ -142,6 +143,7 @@ def train_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items
       log_dir: TensorBoard log directory (None: no logs).
       validation: index features (or a finite dataset of batches) whose loss is reported after each epoch.
       verbose, callbacks: Keras `fit`'s.
+      strategy: a strategy made earlier (multi-worker must be made before any other TF op).
 
     Returns:
       The trained `TwoTowerModel`.
@@ -154,7 +156,7 @@ def train_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items
         epochs = max(1, -(-steps // steps_per_epoch))
     else:
         epochs, steps_per_epoch = cfg.epochs, batches_per_epoch
-    strategy = get_strategy()
+    strategy = strategy or get_strategy(cfg.require_gpu)
     with strategy.scope():
         model = build_model(cfg, train, num_users, num_items, text_table, total_steps=epochs * steps_per_epoch,
                             text_encoder=text_encoder, item_texts=item_texts)
@@ -164,8 +166,9 @@ def train_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items
     if isinstance(validation, dict):
         validation = make_dataset(validation, cfg, shuffle=False)
     dataset = train.dataset if isinstance(train, StreamedExamples) else make_dataset(train, cfg)
-    model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose, callbacks=callbacks,
-              validation_data=validation)
+    # Each replica takes its slice of every global batch: N replicas see the batches of one.
+    model.fit(distribution.distribute_batches(strategy, dataset), epochs=epochs, steps_per_epoch=steps_per_epoch,
+              verbose=verbose, callbacks=callbacks, validation_data=validation)
     return model
 
 
