@@ -72,6 +72,32 @@ class ModelConfig:
     default_k: int = 10
     max_exclude: int = 1000
 
+    # Catalogue index (trainer/retrieval_index.py). Catalogues of at least `ann_min_items` items are served
+    # from an IVF index (k-means partitions, seeded with `seed`), smaller ones by exact search. Each query
+    # scores `ann_nprobe` of `ann_partitions` partitions (0 = about sqrt(items)); "int8" scores them from
+    # int8 codes with a float re-rank. nprobe 32 of 1,000 partitions kept recall@100 >= 0.95 of exact at 1M
+    # items (benchmarks/results/ann.md). The evaluator scores the served index, so the blessing sees its recall.
+    ann_min_items: int = 100_000
+    ann_partitions: int = 0
+    ann_nprobe: int = 32
+    ann_scoring: str = "float32"
+
+    def __post_init__(self):
+        """Rejects index settings out of range, naming the field (also for env overrides)."""
+        problems = []
+        if self.ann_min_items < 1:
+            problems.append(f"ann_min_items={self.ann_min_items}: must be at least 1")
+        if self.ann_partitions < 0:
+            problems.append(f"ann_partitions={self.ann_partitions}: must be 0 (auto) or a partition count >= 1")
+        if self.ann_nprobe < 1:
+            problems.append(f"ann_nprobe={self.ann_nprobe}: must be at least 1")
+        elif self.ann_partitions and self.ann_nprobe > self.ann_partitions:
+            problems.append(f"ann_nprobe={self.ann_nprobe}: must be at most ann_partitions={self.ann_partitions}")
+        if self.ann_scoring not in ("float32", "int8"):
+            problems.append(f"ann_scoring={self.ann_scoring!r}: must be 'float32' or 'int8'")
+        if problems:
+            raise ValueError("Invalid ModelConfig: " + "; ".join(problems))
+
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-serialisable dict (the Trainer's `custom_config["model"]`)."""
         return dataclasses.asdict(self)
