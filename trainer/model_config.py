@@ -79,7 +79,7 @@ class ModelConfig:
     # items (benchmarks/results/ann.md). The evaluator scores the served index, so the blessing sees its recall.
     ann_min_items: int = 100_000
     ann_partitions: int = 0
-    ann_nprobe: int = 32
+    ann_nprobe: int = 20
     ann_scoring: str = "float32"
 
     def __post_init__(self):
