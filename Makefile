@@ -76,7 +76,6 @@ bench-quality: setup encoder  ## Recall/NDCG vs MostPopular and EASE on ml-lates
 	$(PY) -m benchmarks.quality --data $(MOVIELENS) --format auto --out benchmarks/results
 
 bench-ann: setup  ## 100k/1M-item retrieval: served IVF index vs exact, FAISS (IVF, HNSW) and numpy, via gRPC.
-	$(UV) sync --frozen --all-extras --inexact
 	$(PY) -m benchmarks.ann --out benchmarks/results/ann.json
 
 bench-serving: setup encoder sample  ## Serving latency/throughput vs a numpy top-k floor; faults and load (swaps, restart, bad input).
