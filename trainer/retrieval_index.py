@@ -184,35 +184,40 @@ class PartitionedIndex(BruteForceIndex):
 
     def _partitioned(self, query, probe, sizes, excluded, needed, k) -> tuple[tf.Tensor, tf.Tensor]:
         starts = tf.gather(self.partition_start, probe)
-        members = tf.ragged.range(tf.reshape(starts, [-1]), tf.reshape(starts + sizes, [-1])).flat_values
-        row_lengths = tf.reduce_sum(sizes, axis=1)
-        row_of_member = tf.repeat(tf.range(tf.shape(query)[0], dtype=tf.int64), row_lengths)
-        if self.scoring == "int8":
-            member_vectors = tf.cast(tf.gather(self.int8_codes, members), tf.float32)
-            query_for_codes = query * self.int8_scale
-        else:
-            member_vectors, query_for_codes = tf.gather(self.item_vectors, members), query
-        member_scores = tf.cond(  # a matmul at batch 1 (the common request) is ~40% faster than multiply+sum
+        fetch = tf.reduce_max(needed)
+        row_spec = (tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.float32))
+        # Row by row, so memory stays one row's members however large the batch (the evaluator sends 256);
+        # a batch of 1 (the common request) skips the loop.
+        candidates, values = tf.cond(
             tf.equal(tf.shape(query)[0], 1),
-            lambda: tf.reshape(tf.matmul(member_vectors, query_for_codes, transpose_b=True), [-1]),
-            lambda: tf.reduce_sum(member_vectors * tf.gather(query_for_codes, row_of_member), axis=1))
-        positions = tf.RaggedTensor.from_row_lengths(members, row_lengths).to_tensor(default_value=-1)
-        scores = tf.RaggedTensor.from_row_lengths(member_scores, row_lengths).to_tensor(default_value=_NEG_INF)
-        fetch = tf.minimum(tf.reduce_max(needed), tf.shape(scores)[1])
-        if self.scoring == "int8":
-            positions, scores = self._reranked(query, positions, scores, fetch * INT8_RERANK_FACTOR)
-        top = tf.math.top_k(scores, k=fetch)
-        candidates = tf.gather(positions, top.indices, batch_dims=1)                # [B, fetch]
-        values = tf.where(self._is_excluded(candidates, excluded), _NEG_INF, top.values)
-        best = tf.math.top_k(values, k=tf.minimum(tf.reduce_max(k), fetch))
+            lambda: tuple(t[tf.newaxis] for t in self._row_top(query[0], starts[0], sizes[0], fetch)),
+            lambda: tf.map_fn(lambda row: self._row_top(*row, fetch), (query, starts, sizes),
+                              fn_output_signature=row_spec))
+        values = tf.where(self._is_excluded(candidates, excluded), _NEG_INF, values)
+        best = tf.math.top_k(values, k=tf.reduce_max(k))
         return self._result(tf.gather(candidates, best.indices, batch_dims=1), best.values, k)
 
-    def _reranked(self, query, positions, scores, width) -> tuple[tf.Tensor, tf.Tensor]:
-        """The best `width` int8-scored candidates, rescored from the float32 vectors."""
-        short = tf.math.top_k(scores, k=tf.minimum(width, tf.shape(scores)[1]))
-        positions = tf.gather(positions, short.indices, batch_dims=1)
-        exact = tf.einsum("bwd,bd->bw", tf.gather(self.item_vectors, tf.maximum(positions, 0)), query)
-        return positions, tf.where(short.values > _NEG_INF, exact, _NEG_INF)
+    def _row_top(self, query, starts, sizes, width) -> tuple[tf.Tensor, tf.Tensor]:
+        """(positions [width], scores [width]) of one query's best members of its probed partitions, best
+        first; -1 / -inf where the partitions hold fewer than `width`."""
+        members = tf.ragged.range(starts, starts + sizes).flat_values
+        if self.scoring == "int8":
+            scores = tf.linalg.matvec(tf.cast(tf.gather(self.int8_codes, members), tf.float32),
+                                      query * self.int8_scale)
+            positions, scores = self._best(members, scores, width * INT8_RERANK_FACTOR)
+            exact = tf.linalg.matvec(tf.gather(self.item_vectors, tf.maximum(positions, 0)), query)
+            members, scores = positions, tf.where(scores > _NEG_INF, exact, _NEG_INF)   # float re-rank
+        else:
+            scores = tf.linalg.matvec(tf.gather(self.item_vectors, members), query)
+        return self._best(members, scores, width)
+
+    @staticmethod
+    def _best(positions, scores, width) -> tuple[tf.Tensor, tf.Tensor]:
+        """The `width` best (position, score) pairs, padded with (-1, -inf) when there are fewer."""
+        scores = tf.concat([scores, tf.fill([width], _NEG_INF)], axis=0)
+        positions = tf.concat([positions, tf.fill([width], tf.constant(-1, tf.int64))], axis=0)
+        top = tf.math.top_k(scores, k=width)
+        return tf.gather(positions, top.indices), top.values
 
     @staticmethod
     def _is_excluded(candidates: tf.Tensor, excluded: tf.Tensor) -> tf.Tensor:
