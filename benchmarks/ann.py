@@ -10,7 +10,7 @@ Per catalogue size, one run:
     ModelConfig's defaults) swept over nprobe, in-process: recall@100 vs exact and batch-1 latency;
   - exact search in TF (BruteForceIndex) and the numpy brute-force floor (matmul + argpartition);
   - FAISS IVF-Flat (inner product, the same partition count) over nprobe, and FAISS HNSW (M=16) over efSearch;
-  every in-process search above is called round-robin, query by query, so all see the same machine load;
+  every in-process search above takes turns in blocks of 20 queries, so all see the same machine load;
   - through the local server's gRPC Predict (serving.server, production settings): a synthetic model with these
     vectors (serving.synthetic_model, whose index is `build_index` with ModelConfig's defaults): recall@100 of
     the served results vs exact, batch-1 p50/p99 at k=10 and k=100, and load + warmup time (server start to
@@ -90,23 +90,23 @@ def _timed(fn, inputs, warm: int = 10) -> tuple[list, dict]:
     return results, _pcts(lat)
 
 
-def interleaved_rows(searchers: dict, queries: np.ndarray, truth: np.ndarray) -> dict:
-    """{name: recall@100 + batch-1 latency} of every searcher, called round-robin query by query, so all
-    of them see the same machine load. numpy's BLAS and FAISS run single-threaded, as TF does in the server.
+def interleaved_rows(searchers: dict, queries: np.ndarray, truth: np.ndarray, block: int = 20) -> dict:
+    """{name: recall@100 + batch-1 latency} of every searcher, taking turns block by block (`block` queries
+    each, after one untimed call), so all of them see the same machine load and none pays for waking up
+    after another library ran. numpy's BLAS and FAISS run single-threaded, as TF does in the server.
     """
     from threadpoolctl import threadpool_limits
 
     found = {name: [] for name in searchers}
     lat = {name: [] for name in searchers}
     with threadpool_limits(1):
-        for q in queries[:5]:                                        # warm up every searcher
-            for search in searchers.values():
-                search(q)
-        for q in queries:
+        for start in range(0, len(queries), block):
             for name, search in searchers.items():
-                t = time.perf_counter()
-                found[name].append(search(q))
-                lat[name].append(time.perf_counter() - t)
+                search(queries[start])
+                for q in queries[start:start + block]:
+                    t = time.perf_counter()
+                    found[name].append(search(q))
+                    lat[name].append(time.perf_counter() - t)
     return {name: dict(_pcts(lat[name]), recall_at_100=recall(found[name], truth)) for name in searchers}
 
 
@@ -216,7 +216,7 @@ def run_size(num_items, a) -> dict:
     searchers["numpy brute-force floor"] = lambda q: exact_top_k(items, q[None])[0]
     faiss_search, info["faiss_build_s"] = faiss_searchers(items, partitions, a.nprobes, a.seed)
     searchers.update(faiss_search)
-    print(f"{num_items} items: {len(searchers)} searches, round-robin over {len(queries)} queries", flush=True)
+    print(f"{num_items} items: {len(searchers)} searches taking turns over {len(queries)} queries", flush=True)
     rows = interleaved_rows(searchers, queries, truth)
     for name, row in rows.items():
         if "nprobe=" in name:
