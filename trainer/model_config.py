@@ -84,18 +84,15 @@ class ModelConfig:
     ann_scoring: str = "float32"
 
     def __post_init__(self):
-        """Rejects index settings out of range, naming the field (also for env overrides)."""
+        """Rejects index settings out of range, naming the field (also for env overrides). `ann_scoring` is
+        checked where the index is built (`build_index`), also naming the field."""
         problems = []
         if self.ann_min_items < 1:
             problems.append(f"ann_min_items={self.ann_min_items}: must be at least 1")
         if self.ann_partitions < 0:
             problems.append(f"ann_partitions={self.ann_partitions}: must be 0 (auto) or a partition count >= 1")
-        if self.ann_nprobe < 1:
+        if self.ann_nprobe < 1:   # above the partition count it probes them all (exact results)
             problems.append(f"ann_nprobe={self.ann_nprobe}: must be at least 1")
-        elif self.ann_partitions and self.ann_nprobe > self.ann_partitions:
-            problems.append(f"ann_nprobe={self.ann_nprobe}: must be at most ann_partitions={self.ann_partitions}")
-        if self.ann_scoring not in ("float32", "int8"):
-            problems.append(f"ann_scoring={self.ann_scoring!r}: must be 'float32' or 'int8'")
         if problems:
             raise ValueError("Invalid ModelConfig: " + "; ".join(problems))
 

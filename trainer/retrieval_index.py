@@ -50,6 +50,7 @@ KMEANS_SAMPLE_PER_PARTITION = 64
 KMEANS_MAX_ITER = 20
 
 _NEG_INF = float("-inf")
+SCORINGS = ("float32", "int8")
 
 
 class BruteForceIndex(tf.Module):
@@ -149,8 +150,8 @@ class PartitionedIndex(BruteForceIndex):
 
     def __init__(self, item_ids: Sequence[str], item_vectors: np.ndarray, max_k: int, max_exclude: int,
                  partitions: int, nprobe: int, scoring: str = "float32", seed: int = 0, name: str | None = None):
-        if scoring not in ("float32", "int8"):
-            raise ValueError(f"ann_scoring={scoring!r}: must be 'float32' or 'int8'")
+        if scoring not in SCORINGS:
+            raise ValueError(f"ann_scoring={scoring!r}: must be one of {SCORINGS}")
         if len(item_ids) != len(item_vectors):
             raise ValueError(f"{len(item_ids)} item ids but {len(item_vectors)} item vectors")
         vectors = np.asarray(item_vectors, np.float32)
@@ -241,6 +242,8 @@ def build_index(item_ids: Sequence[str], item_vectors: np.ndarray, cfg: "ModelCo
 
         index = build_index(catalogue_ids, candidate_vectors, ModelConfig(ann_min_items=100_000))
     """
+    if cfg.ann_scoring not in SCORINGS:   # checked here too, so a bad value fails below the threshold as well
+        raise ValueError(f"ann_scoring={cfg.ann_scoring!r}: must be one of {SCORINGS}")
     if len(item_ids) < cfg.ann_min_items:
         return BruteForceIndex(item_ids, item_vectors, max_k=cfg.max_k, max_exclude=cfg.max_exclude)
     partitions = cfg.ann_partitions or auto_partitions(len(item_ids))
