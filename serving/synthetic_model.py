@@ -17,6 +17,7 @@ Signatures (names from ``schema.contract``; top-k through ``trainer.retrieval_in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -26,29 +27,38 @@ import tensorflow as tf
 from serving import layout
 from schema import contract as F
 from trainer.model_config import ModelConfig
-from trainer.retrieval_index import BruteForceIndex
+from trainer.retrieval_index import build_index
 
 
 class SyntheticRetrieval(tf.Module):
     """Random user/item embeddings; query = user embedding + mean of history item embeddings."""
 
     def __init__(self, num_items: int = 50, num_users: int = 20, dim: int = 16, seed: int = 0,
-                 max_k: int | None = None, default_k: int | None = None, item_prefix: str = "item_"):
+                 max_k: int | None = None, default_k: int | None = None, item_prefix: str = "item_",
+                 item_vectors: np.ndarray | None = None, user_vectors: np.ndarray | None = None,
+                 cfg: ModelConfig | None = None):
         super().__init__()
-        cfg = ModelConfig()
+        cfg = cfg or ModelConfig()
         self.default_k = int(default_k if default_k is not None else cfg.default_k)
         rng = np.random.default_rng(seed)
         self.item_id_list = [f"{item_prefix}{i}" for i in range(num_items)]
         self.user_id_list = [f"user_{i}" for i in range(num_users)]
         # Row 0 of each table is the out-of-vocabulary embedding.
-        self.user_table = tf.Variable(rng.normal(size=(num_users + 1, dim)).astype(np.float32), trainable=False)
-        item_vectors = rng.normal(size=(num_items, dim)).astype(np.float32)
+        # Given vectors (benchmarks/ann.py: clustered ones) replace the random ones; user row i+1 = user_i.
+        users = rng.normal(size=(num_users + 1, dim)).astype(np.float32)
+        if user_vectors is not None:
+            users[1:] = user_vectors
+        self.user_table = tf.Variable(users, trainable=False)
+        if item_vectors is None:
+            item_vectors = rng.normal(size=(num_items, dim)).astype(np.float32)
         self.text_table = tf.Variable(rng.normal(size=(1024, dim)).astype(np.float32), trainable=False)
         self.user_lookup = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(self.user_id_list),
                                                 tf.range(1, num_users + 1, dtype=tf.int64)), default_value=0)
-        self.index = BruteForceIndex(self.item_id_list, item_vectors,
-                                     max_k=max_k if max_k is not None else cfg.max_k, max_exclude=cfg.max_exclude)
+        # The export's index choice (exact below cfg.ann_min_items items, IVF above).
+        if max_k is not None:
+            cfg = dataclasses.replace(cfg, max_k=max_k)
+        self.index = build_index(self.item_id_list, item_vectors, cfg)
 
     def _query(self, user_id, history):
         user = tf.gather(self.user_table, self.user_lookup.lookup(user_id))
@@ -119,15 +129,16 @@ def warmup_requests(model_name: str, user_ids, item_ids, n: int = 4):
 
 def build_synthetic_model(base_path: str, version: int | None = None, *, num_items: int = 50, num_users: int = 20,
                           dim: int = 16, seed: int = 0, model_name: str = "tower_recs", warmup: int = 4,
-                          item_prefix: str = "item_", max_k: int | None = None) -> str:
+                          item_prefix: str = "item_", max_k: int | None = None, **vectors_and_cfg) -> str:
     """Write one version ``<base_path>/<version>`` (default: now, unix seconds) and return its path.
 
     The SavedModel is first written to a hidden temp dir and renamed, so a polling server never sees a
-    half-written version.
+    half-written version. ``vectors_and_cfg``: ``item_vectors``, ``user_vectors``, ``cfg`` of
+    `SyntheticRetrieval`.
     """
     version = int(version if version is not None else time.time())
     module = SyntheticRetrieval(num_items=num_items, num_users=num_users, dim=dim, seed=seed,
-                                item_prefix=item_prefix, max_k=max_k)
+                                item_prefix=item_prefix, max_k=max_k, **vectors_and_cfg)
     final = os.path.join(base_path, str(version))
     tmp = os.path.join(base_path, f".tmp-{version}-{os.getpid()}")
     os.makedirs(base_path, exist_ok=True)

@@ -6,8 +6,10 @@ Signatures (names and shapes in `schema/contract.py`):
   query_embedding      user_id [B], history [B, H]                        -> embedding [B, D]
   candidate_embedding  item_id, title, categories, description [B]         -> embedding [B, D]
 
-Top-k is `trainer.retrieval_index.BruteForceIndex`: a matmul against every catalogue item's vector (cold
-items included) and `tf.math.top_k`, plain TF ops that stock TF Serving runs. Every serving_default input has
+Top-k is `trainer.retrieval_index.build_index(...)` over every catalogue item's vector (cold items included):
+exact search (a matmul and `tf.math.top_k`) below `ModelConfig.ann_min_items` items, an IVF index built here
+at export time above it; plain TF ops that stock TF Serving runs. The evaluator's full-catalogue metrics call
+`serving_default`, so they measure whichever index is served. Every serving_default input has
 the batch dimension first, so TF Serving's `--enable_batching` can merge requests: K is the largest k in
 the batch and each row is padded ("" / -inf) past its own k (a scalar k still works unbatched).
 """
@@ -25,7 +27,7 @@ from schema import contract
 from trainer.item_text import ItemTextEncoder, item_text
 from trainer.model import TwoTowerModel
 from trainer.model_config import ModelConfig
-from trainer.retrieval_index import BruteForceIndex
+from trainer.retrieval_index import build_index
 
 _STRING_VECTOR = lambda name: tf.TensorSpec([None], tf.string, name=name)  # noqa: E731
 _STRING_MATRIX = lambda name: tf.TensorSpec([None, None], tf.string, name=name)  # noqa: E731
@@ -43,7 +45,7 @@ class RecommenderModule(tf.Module):
       item_ids: the N catalogue item ids, cold items included.
       candidate_vectors: [N, D] candidate-tower vectors of those items.
       text_encoder: the `ItemTextEncoder` that embeds new items' text (`candidate_embedding`).
-      cfg: the model config (`max_k`, `default_k`).
+      cfg: the model config (`max_k`, `default_k`, `max_exclude`, the `ann_*` index fields).
     """
 
     def __init__(self, model: TwoTowerModel, tft_output: tft.TFTransformOutput, item_ids: Sequence[str],
@@ -53,7 +55,8 @@ class RecommenderModule(tf.Module):
         self.tft_layer = tft_output.transform_features_layer()
         self.text_encoder = text_encoder
         self.default_k = cfg.default_k
-        self.index = BruteForceIndex(item_ids, candidate_vectors, max_k=cfg.max_k, max_exclude=cfg.max_exclude)
+        # Built from these vectors on every export, so the index always matches the catalogue served.
+        self.index = build_index(item_ids, candidate_vectors, cfg)
 
     # -- building blocks -------------------------------------------------------------------------
     def _query(self, user_id: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
