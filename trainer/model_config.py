@@ -2,8 +2,10 @@
 
 The TFX pipeline (`pipeline/configs.py`) and the benchmarks both start from
 `ModelConfig()`; the pipeline passes it to the Trainer as `custom_config["model"]`.
-The defaults are the ones tuned on the validation slice of ml-latest-small by
-`python -m benchmarks.quality --tune` (see benchmarks/results/quality.md).
+The defaults are the ones tuned on the validation split of ml-latest-small (the train part of
+the chronological split, split again by time; the test split is never read) by
+`python -m benchmarks.quality --tune --grid FIELD VALUE...`; the evidence for each is the
+committed `benchmarks/results/tuning/<field>.json` (summary: `benchmarks/results/tuning/README.md`).
 
     >>> cfg = ModelConfig(embedding_dim=32)
     >>> ModelConfig.from_dict(cfg.to_dict()) == cfg
@@ -30,6 +32,12 @@ class ModelConfig:
     # Query tower: the history is a weighted mean of the user's recent items. With
     # `recency_weighting` the weights are learned per recency rank (most recent item = rank 0).
     recency_weighting: bool = True
+    # "mean" (the above) or "sasrec": causal self-attention over the history items (id + text tokens,
+    # learned recency positions, the last position's output; trainer/sequence_tower.py).
+    query_tower: str = "mean"
+    sequence_blocks: int = 1         # transformer blocks of the "sasrec" tower
+    sequence_heads: int = 2
+    sequence_dropout: float = 0.1
 
     # Loss: in-batch softmax over L2-normalised embeddings.
     temperature: float = 0.1
@@ -37,6 +45,11 @@ class ModelConfig:
     logq_correction: bool = True     # subtract log(sampling probability) of in-batch negatives
     # Probability of hiding an item's id embedding in training, so its text must carry it (cold start).
     id_dropout: float = 0.3
+    # >= 0: a curriculum, the id-dropout rate moving linearly from this value to `id_dropout` over the run.
+    id_dropout_start: float = -1.0
+    # Content-to-id map: a linear map from an item's text to its id embedding, trained on known items;
+    # items without an id vector (cold, or dropped in training) get its output instead of zeros.
+    id_from_text: bool = False
     # Probability of replacing a user's id with the OOV id in training, so new users get a useful vector.
     user_id_dropout: float = 0.1
 
