@@ -70,6 +70,7 @@ VARIANTS = {
     "TwoTower-BERT-sasrec-tower": {"query_tower": "sasrec"},
     "TwoTower-BERT+id-from-text": {"id_from_text": "true"},
     "TwoTower-BERT+id-dropout-curriculum": {"id_dropout_start": "0.9"},
+    "TwoTower-BERT+id-dropout-0.3": {"id_dropout": "0.3"},     # the previous default: cold items first
 }
 LAMBDAS = (100.0, 200.0, 400.0, 800.0)
 QUICK_LAMBDAS = (10.0, 100.0)
@@ -651,10 +652,7 @@ def run_tuning(args, cfg: ModelConfig, interactions: pd.DataFrame, items: pd.Dat
                                               if k not in ("curve", "per_user")} for s in ("cold", "warm")}
             runs.append(run)
             done[run_cfg] = run
-        if field == "epochs":   # one long run: the epoch with the best validation metrics
-            chosen = runs[0]["best_epoch"]
-        else:
-            chosen = max(runs, key=lambda r: tuple(r["final"][m] for m in SELECT_BY))["value"]
+        chosen = choose(field, runs)
         result = {"field": field, "chosen": chosen,
                   "selected_by": f"validation {' then '.join(SELECT_BY)} (after the last epoch; for epochs: "
                                  f"the best epoch of the curve)",
@@ -673,6 +671,16 @@ def run_tuning(args, cfg: ModelConfig, interactions: pd.DataFrame, items: pd.Dat
         log(f"[tune] {field}: chose {chosen} -> {os.path.join(out_dir, name + '.json')}")
     write_tuning_summary(out_dir)
     return {"tuning": written}
+
+
+def choose(field: str, runs: list[dict]):
+    """The value `runs` support: for `epochs` the best epoch of the (one, long) curve; else the best final
+    validation metrics (`SELECT_BY`), or None for a one-value grid (compare it with the base run's file)."""
+    if field == "epochs":
+        return runs[0]["best_epoch"]
+    if len(runs) < 2:
+        return None
+    return max(runs, key=lambda r: tuple(r["final"][m] for m in SELECT_BY))["value"]
 
 
 def tune_curve(cfg: ModelConfig, data: IndexData, catalogue_ids, text_vectors, queries: Queries,
@@ -704,7 +712,7 @@ def write_tuning_summary(out_dir: str) -> None:
         for run in result["runs"]:
             cold = run.get("cold_validation", {})
             cells = [f"{cold[s]['recall@100']:.4f}" if s in cold else "" for s in ("cold", "warm")]
-            chosen = "✓" if (run["value"] == result["chosen"] or result["field"] == "epochs") else ""
+            chosen = "✓" if run["value"] == result["chosen"] else ("n/a" if result["chosen"] is None else "")
             value = f"{run['value']} (curve)" if result["field"] == "epochs" else run["value"]
             rows.append(f"| {name} | {result['field']} | {value} | {run['final']['recall@50']:.4f} | "
                         f"{run['final']['ndcg@10']:.4f} | {run['best_epoch']} | {cells[0]} | {cells[1]} | "
@@ -714,7 +722,10 @@ def write_tuning_summary(out_dir: str) -> None:
             "is trained on the `fit` part of the train split and scored on its chronologically later "
             "`validation` part; the test split is never read. Metrics after the last epoch; `best epoch` is the "
             "epoch with the best validation R@50 (then NDCG@10). Cold/warm columns: `--tune-cold` (10% of the "
-            "train items held out of `fit`). `ModelConfig` defaults cite these files.\n\n"
+            "train items held out of `fit`). `chosen` n/a: a one-value grid, compared with the base config's run "
+            "(same `base_config`) in another file. `chosen` is this rule's pick per file (one field varied around "
+            "`base_config`); the comments in `trainer/model_config.py` say which default was kept and why where "
+            "a run with the other defaults disagreed.\n\n"
             + "\n".join(rows) + "\n")
     with open(os.path.join(out_dir, "README.md"), "w") as f:
         f.write(text)
