@@ -9,7 +9,9 @@ Every learned model is trained with `--seeds` seeds (default 5; `ModelConfig.see
 mean +- 95% confidence interval over seeds (Student t). MostPopular and EASE are deterministic. The
 paired comparisons bootstrap over users (10,000 resamples): each user's metric, averaged over seeds,
 for the default model minus each baseline; the 95% interval of the mean difference and of the
-relative gain says whether a lead is real or user-sampling noise.
+relative gain says whether a lead is real or user-sampling noise. `--variants` adds issue 16's
+variants (`VARIANTS`: the default config with a field or two changed) as rows, each also compared
+with the default model; `--report-name` names the output files.
 
 Protocol (docs/anchors.md): per user the last 20% of interactions by time are test; all ratings are
 implicit interactions; every catalogue item is ranked; the user's train items are excluded;
