@@ -119,6 +119,12 @@ def test_id_dropout_curriculum_moves_linearly_over_the_run():
         rates.append(float(model.id_dropout_rate()))
     np.testing.assert_allclose(rates, [0.9, 0.6, 0.3, 0.3], atol=1e-6)
     assert float(_model(dataclasses.replace(CFG, id_dropout=0.3)).id_dropout_rate()) == pytest.approx(0.3)
+    # The curriculum also runs towards id_dropout 0: at its start (rate 1.0) every id is hidden in training.
+    model = _model(dataclasses.replace(CFG, id_dropout=0.0, id_dropout_start=1.0))
+    model.compile(tf.keras.optimizers.Adam(0.01))
+    model.curriculum_steps = 100
+    ids = model._id_part(tf.range(8, dtype=tf.int64), training=True).numpy()
+    assert not ids.any() and model._id_part(tf.range(8, dtype=tf.int64)).numpy().any()
 
 
 def test_last_block_computed_for_the_last_position_only_matches_the_full_block():

@@ -112,7 +112,7 @@ class TwoTowerModel(tf.keras.Model):
         """Id embedding of each item; for unknown items (and ids dropped in training) zero, or with
         `id_from_text` the stand-in mapped from the item's (projected-space) text `text`."""
         known = item_index < self.num_items
-        if training and self.cfg.id_dropout > 0:
+        if training and max(self.cfg.id_dropout, self.cfg.id_dropout_start) > 0:
             known = tf.logical_and(known, tf.random.uniform(tf.shape(item_index)) >= self.id_dropout_rate())
         vectors = self.item_embedding(tf.minimum(item_index, self.num_items))
         if self.text_to_id is not None and text is not None:
@@ -215,7 +215,8 @@ class TwoTowerModel(tf.keras.Model):
         safe_index = tf.maximum(history_index, 0)
         # Weighted sums as batched matmuls: no [B, H, D] product tensor in the forward or backward pass.
         text_rows = self.item_text_embedding(safe_index)
-        id_mean = tf.squeeze(tf.matmul(weights, self._id_part(safe_index, text=self.text_for_id(text_rows))), axis=1)
+        id_rows = self._id_part(safe_index, text=self.text_for_id(text_rows))
+        id_mean = tf.squeeze(tf.matmul(weights, id_rows), axis=1)
         text_mean = tf.squeeze(tf.matmul(weights, text_rows), axis=1)
         # Dense is affine: mean(W t_i + b) = W mean(t_i) + b, and zero for an empty history.
         has_history = tf.reduce_sum(weights, axis=2)
