@@ -3,7 +3,15 @@
     python -m benchmarks.quality --data ../shared/data/ml-latest-small --format ml-latest-small \
         --out benchmarks/results
     python -m benchmarks.quality --data data/sample --format contract --out outputs/quality-quick --quick
-    python -m benchmarks.quality ... --tune --set temperature=0.1   # validation curve per epoch, no test
+    python -m benchmarks.quality ... --tune --grid temperature 0.05 0.1 0.2   # validation only, no test
+
+Every learned model is trained with `--seeds` seeds (default 5; `ModelConfig.seed + i`) and reported as
+mean +- 95% confidence interval over seeds (Student t). MostPopular and EASE are deterministic. The
+paired comparisons bootstrap over users (10,000 resamples): each user's metric, averaged over seeds,
+for the default model minus each baseline; the 95% interval of the mean difference and of the
+relative gain says whether a lead is real or user-sampling noise. `--variants` adds issue 16's
+variants (`VARIANTS`: the default config with a field or two changed) as rows, each also compared
+with the default model; `--report-name` names the output files.
 
 Protocol (docs/anchors.md): per user the last 20% of interactions by time are test; all ratings are
 implicit interactions; every catalogue item is ranked; the user's train items are excluded;
@@ -17,7 +25,14 @@ Ranking is still over the full catalogue.
 
 EASE's lambda is tuned on a validation split of train (the same per-user chronological 80/20 of
 the train part). The two-tower models use the config the pipeline trains: `ModelConfig()` with the
-same TOWER_RECS_MODEL_<FIELD> overrides (and `--set FIELD=VALUE`); `--tune` reports the validation metric after every epoch (that is how the defaults were picked).
+same TOWER_RECS_MODEL_<FIELD> overrides (and `--set FIELD=VALUE`).
+
+`--tune` never sees the test split: it keeps only the train part of the chronological split (the
+test part is dropped unread), trains on its `fit` part and scores its `validation` part after
+every epoch, for each value of each `--grid FIELD VALUE...`, and writes
+`<out>/tuning/<field>.json` plus the summary `<out>/tuning/README.md`. The `ModelConfig` defaults
+cite those files. `--tune-cold` also holds 10% of the train items out of `fit` and reports the
+validation cold/warm slices.
 
 The two-tower models are trained by the project's trainer code (`trainer.train.train_model`) on
 index features built like `trainer.preprocessing.preprocessing_fn` builds them: vocabularies of
@@ -47,7 +62,18 @@ from trainer.model_config import ModelConfig
 
 KS = (10, 50, 100)
 CURVE_K = 100
-MODELS = ("MostPopular", "EASE", "TwoTower-ID", "TwoTower-BERT")
+BASELINES = ("MostPopular", "EASE")
+DEFAULT_MODEL = "TwoTower-BERT"    # the pipeline's model: `ModelConfig()`
+MODELS = BASELINES + ("TwoTower-ID", DEFAULT_MODEL)
+SLICES = ("all", "new_users", "cold", "warm")
+# Issue 16's variants: the default config with these fields changed (`--variants` picks; rows in quality.md).
+VARIANTS = {
+    "TwoTower-BERT-mean-tower": {"query_tower": "mean"},
+    "TwoTower-BERT-sasrec-tower": {"query_tower": "sasrec"},
+    "TwoTower-BERT+id-from-text": {"id_from_text": "true"},
+    "TwoTower-BERT+id-dropout-curriculum": {"id_dropout_start": "0.9"},
+    "TwoTower-BERT+id-dropout-0.3": {"id_dropout": "0.3"},     # the previous default: cold items first
+}
 LAMBDAS = (100.0, 200.0, 400.0, 800.0)
 QUICK_LAMBDAS = (10.0, 100.0)
 
@@ -268,40 +294,123 @@ def score_two_tower(model, data: IndexData, catalogue_ids: list[str], text_vecto
 
 # -- metrics -------------------------------------------------------------------------------------
 def evaluate(scores: np.ndarray, queries: Queries, slice_name: str) -> dict:
-    """Metrics + Recall@1..100 curve over the users that have relevant items in the slice."""
+    """Metrics, the Recall@1..100 curve and `per_user` metric arrays over the users with relevant items.
+
+    `per_user` ({metric: [users]}, plus "user" = the query row of each) feeds the paired bootstrap; it is
+    left out of the JSON report.
+    """
     relevant = queries.relevant[slice_name]
     keep = [i for i, r in enumerate(relevant) if len(r)]
     if not keep:
         return {"users": 0, "curve": [0.0] * CURVE_K, **{f"recall@{k}": 0.0 for k in KS},
-                **{f"ndcg@{k}": 0.0 for k in KS}}
+                **{f"ndcg@{k}": 0.0 for k in KS}, "per_user": {"user": np.zeros(0, np.int64)}}
     top = top_k_excluding(scores[keep], [queries.exclude[i] for i in keep], CURVE_K)
-    result = retrieval_metrics(top, [relevant[i] for i in keep], ks=KS)
-    hits = np.stack([np.isin(top[j], relevant[i]) for j, i in enumerate(keep)])
-    sizes = np.array([len(relevant[i]) for i in keep], np.float64)
+    hits = np.stack([np.isin(top[j], relevant[i]) for j, i in enumerate(keep)])       # [U, CURVE_K]
+    sizes = np.array([len(np.unique(relevant[i])) for i in keep], np.float64)
+    discounts = 1.0 / np.log2(np.arange(2, hits.shape[1] + 2))
+    per_user: dict = {"user": np.array(keep, np.int64)}
+    for k in KS:
+        per_user[f"recall@{k}"] = hits[:, :k].sum(axis=1) / sizes
+        ideal = np.cumsum(discounts)[np.minimum(sizes, min(k, hits.shape[1])).astype(np.int64) - 1]
+        per_user[f"ndcg@{k}"] = (hits[:, :k] * discounts[:k]).sum(axis=1) / ideal
+    result = {"users": len(keep), **{name: float(v.mean()) for name, v in per_user.items() if name != "user"}}
     curve = (np.cumsum(hits, axis=1) / sizes[:, None]).mean(axis=0)
     if curve.shape[0] < CURVE_K:  # tiny catalogues
         curve = np.pad(curve, (0, CURVE_K - curve.shape[0]), mode="edge")
     result["curve"] = [float(x) for x in curve]
+    result["per_user"] = per_user
     return result
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.3f}"
+METRICS = tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in KS)
 
 
-def markdown_table(results: dict) -> str:
-    rows = ["| model | slice | users | R@10 | R@50 | R@100 | NDCG@10 |", "|---|---|---|---|---|---|---|"]
-    for slice_name in ("all", "cold", "warm"):
-        for model in MODELS:
-            r = results.get(slice_name, {}).get(model)
-            if r is None:
+def mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, half-width of its 95% Student-t confidence interval); half-width 0 for one value."""
+    import scipy.stats
+
+    values = np.asarray(values, np.float64)
+    if len(values) < 2:
+        return float(values.mean()), 0.0
+    half = scipy.stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean()), float(half)
+
+
+def over_seeds(runs: Sequence[dict]) -> dict:
+    """One model/slice's `evaluate` results of every seed -> mean, `<metric>_ci95`, `per_seed` and the
+    per-user metrics averaged over seeds (same users in every seed: the slice fixes them)."""
+    out: dict = {"users": runs[0]["users"], "seeds": len(runs), "per_seed": {}}
+    for metric in METRICS:
+        values = [r[metric] for r in runs]
+        out[metric], out[f"{metric}_ci95"] = mean_ci(values)
+        out["per_seed"][metric] = [round(v, 5) for v in values]
+    out["curve"] = [float(x) for x in np.mean([r["curve"] for r in runs], axis=0)]
+    out["per_user"] = {name: (np.mean([r["per_user"][name] for r in runs], axis=0) if name != "user"
+                              else runs[0]["per_user"]["user"]) for name in runs[0]["per_user"]}
+    return out
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = 10_000, seed: int = 0) -> dict:
+    """Mean of a - b over users and 95% percentile intervals of it and of mean(a) / mean(b) - 1,
+    resampling users with replacement (paired: both models on the same resampled users)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(a), size=(resamples, len(a)))
+    mean_a, mean_b = a[rows].mean(axis=1), b[rows].mean(axis=1)
+    relative = np.where(mean_b > 0, mean_a / np.where(mean_b > 0, mean_b, 1.0) - 1.0, np.nan)
+    return {"difference": float(a.mean() - b.mean()),
+            "difference_ci95": [float(x) for x in np.percentile(mean_a - mean_b, [2.5, 97.5])],
+            "relative": float(a.mean() / b.mean() - 1.0) if b.mean() > 0 else None,
+            "relative_ci95": ([float(x) for x in np.nanpercentile(relative, [2.5, 97.5])]
+                              if b.mean() > 0 else None),
+            "users": len(a), "resamples": resamples}
+
+
+def comparisons(results: dict, model: str, baselines: Sequence[str], slices: Sequence[str] = ("all", "warm", "cold"),
+                metrics: Sequence[str] = ("recall@50", "ndcg@10")) -> dict:
+    """`paired_bootstrap` of `model` vs each baseline, per slice and metric: {"A vs B": {slice: {metric: ..}}}."""
+    out: dict = {}
+    for baseline in baselines:
+        for slice_name in slices:
+            a, b = results[slice_name].get(model), results[slice_name].get(baseline)
+            if a is None or b is None or not a["users"]:
                 continue
-            rows.append(f"| {model} | {slice_name} | {r['users']} | {_fmt(r['recall@10'])} | {_fmt(r['recall@50'])} | "
-                        f"{_fmt(r['recall@100'])} | {_fmt(r['ndcg@10'])} |")
+            out.setdefault(f"{model} vs {baseline}", {})[slice_name] = {
+                metric: paired_bootstrap(a["per_user"][metric], b["per_user"][metric]) for metric in metrics}
+    return out
+
+
+def _fmt(result: dict, metric: str) -> str:
+    half = result.get(f"{metric}_ci95")
+    return f"{result[metric]:.3f}" + (f" ± {half:.3f}" if result.get("seeds", 1) > 1 else "")
+
+
+def markdown_table(results: dict, models: Sequence[str]) -> str:
+    rows = ["| model | slice | users | seeds | R@10 | R@50 | R@100 | NDCG@10 |", "|---|---|---|---|---|---|---|---|"]
+    for slice_name in SLICES:
+        for model in models:
+            r = results.get(slice_name, {}).get(model)
+            if r is None or not r["users"]:
+                continue
+            rows.append(f"| {model} | {slice_name} | {r['users']} | {r.get('seeds', 1)} | "
+                        + " | ".join(_fmt(r, m) for m in ("recall@10", "recall@50", "recall@100", "ndcg@10")) + " |")
     return "\n".join(rows)
 
 
-def plot_curves(results: dict, path: str, title: str) -> None:
+def markdown_comparisons(paired: dict) -> str:
+    rows = ["| comparison | slice | metric | difference [95% CI] | relative [95% CI] |", "|---|---|---|---|---|"]
+    for name, by_slice in paired.items():
+        for slice_name, by_metric in by_slice.items():
+            for metric, r in by_metric.items():
+                lo, hi = r["difference_ci95"]
+                relative = "n/a" if r["relative"] is None else \
+                    f"{r['relative']:+.1%} [{r['relative_ci95'][0]:+.1%}, {r['relative_ci95'][1]:+.1%}]"
+                rows.append(f"| {name} | {slice_name} | {metric} | {r['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}] | "
+                            f"{relative} |")
+    return "\n".join(rows)
+
+
+def plot_curves(results: dict, models: Sequence[str], path: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,21 +418,26 @@ def plot_curves(results: dict, path: str, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ks = np.arange(1, CURVE_K + 1)
-    styles = {"all": "-", "cold": ":", "warm": "--"}
-    colors = dict(zip(MODELS, ("tab:gray", "tab:blue", "tab:orange", "tab:green")))
+    styles = {"all": "-", "cold": ":"}
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for slice_name, style in styles.items():
-        for model in MODELS:
+        for color, model in zip(colors, models):
             r = results.get(slice_name, {}).get(model)
-            if r is not None and slice_name != "warm":
-                ax.plot(ks, r["curve"], style, color=colors[model], label=f"{model} ({slice_name})")
+            if r is not None and r["users"]:
+                ax.plot(ks, r["curve"], style, color=color, label=f"{model} ({slice_name})")
     ax.set_xlabel("K")
-    ax.set_ylabel("Recall@K")
+    ax.set_ylabel("Recall@K (mean over seeds)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _without_per_user(results: dict) -> dict:
+    return {s: {m: {k: v for k, v in r.items() if k != "per_user"} for m, r in by_model.items()}
+            for s, by_model in results.items()}
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -339,6 +453,24 @@ def model_config(args) -> ModelConfig:
     return overrides.with_overrides(overrides.from_env(ModelConfig(), "MODEL"), values)
 
 
+def learned_models(cfg: ModelConfig, text_vectors: np.ndarray,
+                   variants: Sequence[str] = (),
+                   with_id_only: bool = True) -> dict[str, tuple[ModelConfig, np.ndarray]]:
+    """Name -> (config, catalogue text vectors) of every learned model the benchmark trains.
+
+    Variants equal to the default config (e.g. its own query tower) are left out."""
+    # Nothing to fall back on without text: the ID-only model keeps every id.
+    models = {"TwoTower-ID": (dataclasses.replace(cfg, id_dropout=0.0), np.zeros_like(text_vectors)),
+              DEFAULT_MODEL: (cfg, text_vectors)}
+    if not with_id_only:
+        del models["TwoTower-ID"]
+    for name in variants:
+        variant = overrides.with_overrides(cfg, VARIANTS[name], source=f"variant {name}")
+        if variant != cfg:
+            models[name] = (variant, text_vectors)
+    return models
+
+
 def run_benchmark(args) -> dict:
     cfg = model_config(args)
     os.makedirs(args.out, exist_ok=True)
@@ -346,26 +478,21 @@ def run_benchmark(args) -> dict:
     interactions, items = load_data(args.data, args.format, use_tags=args.use_tags)
     log(f"{len(interactions)} interactions, {interactions[contract.USER_ID].nunique()} users, "
         f"{len(items)} catalogue items (tags as description: {bool(args.use_tags)})")
-    splits = make_splits(interactions, items, args.test_fraction, args.cold_fraction, args.seed)
     catalogue_ids = items[contract.ITEM_ID].tolist()
     column = {item_id: i for i, item_id in enumerate(catalogue_ids)}
-    n = len(catalogue_ids)
     text_vectors = text_embeddings(item_texts(items), cfg, args.cache_dir or args.out)
-    zero_text = np.zeros_like(text_vectors)
-    id_cfg = dataclasses.replace(cfg, id_dropout=0.0)   # nothing to fall back on without text
     verbose = 0 if args.quick else 2
-    report: dict = {"config": cfg.to_dict(), "protocol": {
-        "data": args.data, "format": args.format, "use_tags": bool(args.use_tags),
-        "test_fraction": args.test_fraction, "cold_fraction": args.cold_fraction, "seed": args.seed,
-        "catalogue_items": n, "cold_items": len(splits.cold_items)}}
-
+    protocol = {"data": os.path.basename(os.path.normpath(args.data)), "format": args.format,
+                "use_tags": bool(args.use_tags), "test_fraction": args.test_fraction,
+                "cold_fraction": args.cold_fraction, "seed": args.seed, "catalogue_items": len(catalogue_ids)}
     if args.tune:
-        queries = make_queries(splits.fit, splits.validation, column, {"all": lambda d: d})
-        data = index_features(splits.fit, queries)
-        report["tune"] = tune_two_tower(cfg, data, catalogue_ids, text_vectors, queries, verbose)
-        with open(os.path.join(args.out, f"quality_tune_{args.tag}.json"), "w") as f:
-            json.dump(report, f, indent=1)
-        return report
+        return run_tuning(args, cfg, interactions, items, catalogue_ids, column, text_vectors, protocol, verbose)
+
+    n = len(catalogue_ids)
+    splits = make_splits(interactions, items, args.test_fraction, args.cold_fraction, args.seed)
+    seeds = [cfg.seed + i for i in range(args.seeds)]
+    report: dict = {"config": cfg.to_dict(), "protocol": {**protocol, "cold_items": len(splits.cold_items),
+                                                         "model_seeds": seeds}}
 
     # EASE lambda on the validation split of train.
     lambdas = QUICK_LAMBDAS if args.quick else tuple(args.lambdas)
@@ -374,15 +501,21 @@ def run_benchmark(args) -> dict:
     val = {lam: evaluate(s, val_queries, "all") for lam, s in
            ease_scores(splits.fit, val_queries.users, column, n, lambdas).items()}
     lam = max(lambdas, key=lambda l: (val[l]["recall@50"], val[l]["ndcg@10"]))
-    report["ease_validation"] = {str(l): {k: v for k, v in r.items() if k != "curve"} for l, r in val.items()}
+    report["ease_validation"] = {str(l): {k: v for k, v in r.items() if k not in ("curve", "per_user")}
+                                 for l, r in val.items()}
     report["ease_lambda"] = lam
     log(f"EASE lambda = {lam:g} (validation R@50 {val[lam]['recall@50']:.3f})")
 
-    results: dict = {"all": {}, "cold": {}, "warm": {}}
+    learned = learned_models(cfg, text_vectors, args.variants, with_id_only=not args.skip_id_only)
+    models = list(BASELINES) + list(learned)
+    runs: dict = {s: {m: [] for m in models} for s in SLICES}
     timings: dict = {}
     cold = set(splits.cold_items)
+    train_users = set(splits.train[contract.USER_ID])
     scenarios = [
-        ("all", splits.train, {"all": lambda d: d}),
+        ("all", splits.train, {"all": lambda d: d,
+                               # Users with no train rows (none under the per-user split; kept for other splits).
+                               "new_users": lambda d: d[~d[contract.USER_ID].isin(train_users)]}),
         ("cold", splits.cold_train, {"cold": lambda d: d[d[contract.ITEM_ID].isin(cold)],
                                      "warm": lambda d: d[~d[contract.ITEM_ID].isin(cold)]}),
     ]
@@ -392,68 +525,212 @@ def run_benchmark(args) -> dict:
         log(f"[{scenario}] {len(train)} train interactions, {len(queries.users)} test users")
         scores = {"MostPopular": popularity_scores(train, queries.users, column, n),
                   "EASE": ease_scores(train, queries.users, column, n, [lam])[lam]}
+        for name in BASELINES:
+            for slice_name in slices:
+                runs[slice_name][name].append(evaluate(scores[name], queries, slice_name))
         data = index_features(train, queries)
-        for name, model_cfg, vectors in (("TwoTower-ID", id_cfg, zero_text), ("TwoTower-BERT", cfg, text_vectors)):
-            log(f"[{scenario}] training {name}: {len(data.train[contract.ITEM_INDEX])} examples, "
-                f"{model_cfg.epochs} epochs of batch {model_cfg.batch_size}")
-            scores[name], _, seconds = two_tower_scores(model_cfg, data, catalogue_ids, vectors, verbose=verbose)
-            timings[f"{scenario}/{name}"] = round(seconds, 1)
-            log(f"[{scenario}] {name} trained in {seconds:.1f}s")
-        for slice_name in slices:
-            for name in MODELS:
-                results[slice_name][name] = evaluate(scores[name], queries, slice_name)
+        for name, (model_cfg, vectors) in learned.items():
+            for seed in (seeds if name in MODELS else seeds[:args.variant_seeds or len(seeds)]):
+                log(f"[{scenario}] training {name} seed {seed}: {len(data.train[contract.ITEM_INDEX])} examples, "
+                    f"{model_cfg.epochs} epochs of batch {model_cfg.batch_size}")
+                model_scores, _, seconds = two_tower_scores(dataclasses.replace(model_cfg, seed=seed), data,
+                                                            catalogue_ids, vectors, verbose=verbose)
+                timings.setdefault(f"{scenario}/{name}", []).append(round(seconds, 1))
+                for slice_name in slices:
+                    runs[slice_name][name].append(evaluate(model_scores, queries, slice_name))
+                log(f"[{scenario}] {name} seed {seed} trained in {seconds:.1f}s: "
+                    f"R@50 {runs[next(iter(slices))][name][-1]['recall@50']:.4f}")
         log(f"[{scenario}] done")
 
-    report["results"] = results
+    results = {s: {m: over_seeds(r) for m, r in by_model.items() if r} for s, by_model in runs.items()}
+    paired = comparisons(results, DEFAULT_MODEL, [m for m in models if m not in (DEFAULT_MODEL, "MostPopular")])
+    report["results"] = _without_per_user(results)
+    report["paired_bootstrap"] = paired
     report["train_seconds"] = timings
-    bert, ease = results["all"]["TwoTower-BERT"], results["all"]["EASE"]
-    warm_r100 = results["warm"]["TwoTower-BERT"]["recall@100"]
-    report["targets"] = {
-        "bert_beats_ease_recall@50": bert["recall@50"] > ease["recall@50"],
-        "bert_beats_ease_ndcg@10": bert["ndcg@10"] > ease["ndcg@10"],
-        "bert_beats_popularity": (bert["recall@50"] > results["all"]["MostPopular"]["recall@50"]
-                                  and bert["ndcg@10"] > results["all"]["MostPopular"]["ndcg@10"]),
-        "cold_over_warm_recall@100": (results["cold"]["TwoTower-BERT"]["recall@100"] / warm_r100
-                                      if warm_r100 else 0.0),
-    }
-    command = "python -m benchmarks.quality " + " ".join(sys.argv[1:]) if not args.command else args.command
-    table = markdown_table(results)
-    header = (f"Retrieval quality, full catalogue ({n} items), seen items excluded. `{command}`\n\n"
-              f"EASE lambda = {lam:g} (validation). Cold slice: {len(splits.cold_items)} items held out of "
-              f"training entirely; `cold`/`warm` rows come from models trained without them.\n\n")
-    targets = "\n".join(f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}"
-                        for k, v in report["targets"].items())
-    markdown = header + table + "\n\nTargets:\n" + targets + "\n"
-    print(markdown)
-    with open(os.path.join(args.out, "quality.md"), "w") as f:
-        f.write(markdown)
-    with open(os.path.join(args.out, "quality.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    plot_curves(results, os.path.join(args.out, "quality_recall.png"),
-                f"Recall@K, {os.path.basename(os.path.normpath(args.data))}, chronological 80/20, seen excluded")
-    log(f"wrote quality.md, quality.json, quality_recall.png to {args.out}")
+    report["targets"] = targets(results, paired)
+    report["load_average"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    report["seconds"] = round(time.time() - _T0, 1)
+    write_report(args, report, results, models, splits)
     return report
 
 
-def tune_two_tower(cfg: ModelConfig, data: IndexData, catalogue_ids, text_vectors, queries: Queries,
-                   verbose: int) -> list[dict]:
+def targets(results: dict, paired: dict) -> dict:
+    """The issues' targets (12, 16) from the means over seeds and the paired intervals."""
+    default, ease = results["all"][DEFAULT_MODEL], results["all"]["EASE"]
+    vs_ease = paired[f"{DEFAULT_MODEL} vs EASE"]["all"]
+    warm_r100 = results["warm"][DEFAULT_MODEL]["recall@100"]
+    out = {
+        "default_beats_ease_recall@50_ci_above_0": vs_ease["recall@50"]["difference_ci95"][0] > 0,
+        "default_beats_ease_ndcg@10_ci_above_0": vs_ease["ndcg@10"]["difference_ci95"][0] > 0,
+        "default_over_ease_recall@50": results["all"][DEFAULT_MODEL]["recall@50"] / ease["recall@50"] - 1,
+        "default_over_ease_ndcg@10": default["ndcg@10"] / ease["ndcg@10"] - 1,
+        "cold_over_warm_recall@100": results["cold"][DEFAULT_MODEL]["recall@100"] / warm_r100 if warm_r100 else 0.0,
+    }
+    if "TwoTower-ID" in results["all"]:
+        out["default_over_id_only_recall@50"] = default["recall@50"] / results["all"]["TwoTower-ID"]["recall@50"] - 1
+        out["default_over_id_only_warm_recall@50"] = (results["warm"][DEFAULT_MODEL]["recall@50"]
+                                                      / results["warm"]["TwoTower-ID"]["recall@50"] - 1)
+    return out
+
+
+def write_report(args, report: dict, results: dict, models: Sequence[str], splits: Splits) -> None:
+    command = args.command or "python -m benchmarks.quality " + " ".join(sys.argv[1:])
+    load = report["load_average"]
+    seeds = report["protocol"]["model_seeds"]
+    header = (f"Retrieval quality, full catalogue ({report['protocol']['catalogue_items']} items), seen items "
+              f"excluded. `{command}`\n\n"
+              f"Learned models: mean ± 95% CI over {len(seeds)} training seeds {seeds} (Student t); MostPopular "
+              f"and EASE are deterministic. EASE lambda = {report['ease_lambda']:g} (validation). Cold slice: "
+              f"{len(splits.cold_items)} items held out of training entirely; `cold`/`warm` rows come from models "
+              f"trained without them. `new_users` (test users with no train rows): "
+              f"{results['new_users'].get('EASE', {}).get('users', 0)} under this split (every test user has "
+              f"train rows), so no row. Load average at the end: "
+              f"{', '.join(f'{x:.1f}' for x in load) if load else 'n/a'}.\n\n")
+    paired = ("Paired per-user bootstrap (10,000 resamples of the users; each user's metric averaged over "
+              "seeds):\n\n" + markdown_comparisons(report["paired_bootstrap"]) + "\n")
+    lines = "\n".join(f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}"
+                      for k, v in report["targets"].items())
+    markdown = header + markdown_table(results, models) + "\n\n" + paired + "\nTargets:\n" + lines + "\n"
+    print(markdown)
+    with open(os.path.join(args.out, f"{args.report_name}.md"), "w") as f:
+        f.write(markdown)
+    with open(os.path.join(args.out, f"{args.report_name}.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    plot_curves(results, models, os.path.join(args.out, f"{args.report_name}_recall.png"),
+                f"Recall@K, {report['protocol']['data']}, chronological 80/20, seen excluded, "
+                f"mean of {len(seeds)} seeds")
+    log(f"wrote {args.report_name}.md, .json, _recall.png to {args.out}")
+
+
+# -- tuning (validation only) ---------------------------------------------------------------------
+TUNING_DIR = "tuning"
+SELECT_BY = ("recall@50", "ndcg@10")   # validation metrics that pick a value, in order
+
+
+def tuning_splits(interactions: pd.DataFrame, test_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(fit, validation): the chronological split of the *train* part; the test part is dropped unread."""
+    train = prepare.chronological_split(interactions, test_fraction=test_fraction)[0]
+    return prepare.validation_split(train, fraction=test_fraction)
+
+
+def run_tuning(args, cfg: ModelConfig, interactions: pd.DataFrame, items: pd.DataFrame, catalogue_ids: list[str],
+               column: dict[str, int], text_vectors: np.ndarray, protocol: dict, verbose: int) -> dict:
+    """Each `--grid FIELD VALUE...`: one model per value trained on `fit`, scored on `validation` after every
+    epoch; writes `<out>/tuning/<field>.json` and regenerates `<out>/tuning/README.md`."""
+    fit, validation = tuning_splits(interactions, args.test_fraction)
+    queries = make_queries(fit, validation, column, {"all": lambda d: d})
+    data = index_features(fit, queries)
+    cold_setup = None
+    if args.tune_cold:
+        # Cold items drawn from the train part only; their fit rows are removed, validation keeps them.
+        _, _, cold = prepare.cold_item_split(pd.concat([fit, validation]), items, fraction=args.cold_fraction,
+                                             seed=args.seed)
+        cold_fit = fit[~fit[contract.ITEM_ID].isin(set(cold))].reset_index(drop=True)
+        cold_queries = make_queries(cold_fit, validation, column,
+                                    {"cold": lambda d: d[d[contract.ITEM_ID].isin(set(cold))],
+                                     "warm": lambda d: d[~d[contract.ITEM_ID].isin(set(cold))]}, exclude_from=fit)
+        cold_setup = (index_features(cold_fit, cold_queries), cold_queries, len(cold))
+    out_dir = os.path.join(args.out, TUNING_DIR)
+    os.makedirs(out_dir, exist_ok=True)
+    written, done = {}, {}
+    for field, *values in (args.grid or [["epochs", str(cfg.epochs)]]):
+        runs = []
+        for value in values:
+            run_cfg = overrides.with_overrides(cfg, {field: value}, source="--grid")
+            if run_cfg in done:   # the base config recurs in every grid: train it once
+                runs.append({**done[run_cfg], "value": getattr(run_cfg, field)})
+                continue
+            vectors = np.zeros_like(text_vectors) if args.id_only else text_vectors
+            log(f"[tune] {field}={value}")
+            start = time.time()
+            curve = tune_curve(run_cfg, data, catalogue_ids, vectors, queries, verbose)
+            run = {"value": getattr(run_cfg, field), "curve": curve, "final": curve[-1],
+                   "best_epoch": max(curve, key=lambda c: tuple(c[m] for m in SELECT_BY))["epoch"],
+                   "train_seconds": round(time.time() - start, 1)}
+            if cold_setup is not None:
+                cold_data, cold_queries, _ = cold_setup
+                scores, _, _ = two_tower_scores(run_cfg, cold_data, catalogue_ids, vectors, verbose=verbose)
+                run["cold_validation"] = {s: {k: round(v, 4) for k, v in evaluate(scores, cold_queries, s).items()
+                                              if k not in ("curve", "per_user")} for s in ("cold", "warm")}
+            runs.append(run)
+            done[run_cfg] = run
+        chosen = choose(field, runs)
+        result = {"field": field, "chosen": chosen,
+                  "selected_by": f"validation {' then '.join(SELECT_BY)} (after the last epoch; for epochs: "
+                                 f"the best epoch of the curve)",
+                  "base_config": {k: v for k, v in cfg.to_dict().items() if not k.endswith("_handle")},
+                  "protocol": {**protocol, "split": "train part of the per-user chronological split, itself "
+                                                    "split chronologically into fit/validation; test unread",
+                               "fit_interactions": len(fit), "validation_interactions": len(validation),
+                               "validation_users": len(queries.users),
+                               "cold_validation_items": cold_setup[2] if cold_setup else 0},
+                  "id_only": bool(args.id_only), "runs": runs,
+                  "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+        name = f"{args.tag}_{field}" if args.tag else field
+        with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        written[name] = result
+        log(f"[tune] {field}: chose {chosen} -> {os.path.join(out_dir, name + '.json')}")
+    write_tuning_summary(out_dir)
+    return {"tuning": written}
+
+
+def choose(field: str, runs: list[dict]):
+    """The value `runs` support: for `epochs` the best epoch of the (one, long) curve; else the best final
+    validation metrics (`SELECT_BY`), or None for a one-value grid (compare it with the base run's file)."""
+    if field == "epochs":
+        return runs[0]["best_epoch"]
+    if len(runs) < 2:
+        return None
+    return max(runs, key=lambda r: tuple(r["final"][m] for m in SELECT_BY))["value"]
+
+
+def tune_curve(cfg: ModelConfig, data: IndexData, catalogue_ids, text_vectors, queries: Queries,
+               verbose: int) -> list[dict]:
     """Validation Recall/NDCG after every epoch (the model is trained on the fit part of train)."""
     import tensorflow as tf
 
     curve: list[dict] = []
-    holder: dict = {}
 
     class PerEpoch(tf.keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             scores = score_two_tower(self.model, data, catalogue_ids, text_vectors)
             r = evaluate(scores, queries, "all")
-            curve.append({"epoch": epoch + 1, **{k: round(v, 4) for k, v in r.items() if k != "curve"}})
+            curve.append({"epoch": epoch + 1, **{k: round(v, 4) for k, v in r.items()
+                                                  if k not in ("curve", "per_user")}})
             log(f"epoch {epoch + 1}: val R@10 {r['recall@10']:.4f} R@50 {r['recall@50']:.4f} "
                 f"R@100 {r['recall@100']:.4f} NDCG@10 {r['ndcg@10']:.4f}")
 
-    holder["scores"] = two_tower_scores(cfg, data, catalogue_ids, text_vectors, callbacks=[PerEpoch()],
-                                        verbose=verbose)
+    two_tower_scores(cfg, data, catalogue_ids, text_vectors, callbacks=[PerEpoch()], verbose=verbose)
     return curve
+
+
+def write_tuning_summary(out_dir: str) -> None:
+    """`README.md` of the tuning folder: one table row per value of every `<field>.json` in it."""
+    rows = ["| file | field | value | val R@50 | val NDCG@10 | best epoch | val cold R@100 | val warm R@100 | chosen |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name in sorted(f for f in os.listdir(out_dir) if f.endswith(".json")):
+        result = json.load(open(os.path.join(out_dir, name)))
+        for run in result["runs"]:
+            cold = run.get("cold_validation", {})
+            cells = [f"{cold[s]['recall@100']:.4f}" if s in cold else "" for s in ("cold", "warm")]
+            chosen = "✓" if run["value"] == result["chosen"] else ("n/a" if result["chosen"] is None else "")
+            value = f"{run['value']} (curve)" if result["field"] == "epochs" else run["value"]
+            rows.append(f"| {name} | {result['field']} | {value} | {run['final']['recall@50']:.4f} | "
+                        f"{run['final']['ndcg@10']:.4f} | {run['best_epoch']} | {cells[0]} | {cells[1]} | "
+                        f"{chosen if result['field'] != 'epochs' else result['chosen']} |")
+    text = ("# Tuning evidence (validation only)\n\n"
+            "Written by `python -m benchmarks.quality --data <MovieLens dir> --tune --grid FIELD VALUE...`: each model "
+            "is trained on the `fit` part of the train split and scored on its chronologically later "
+            "`validation` part; the test split is never read. Metrics after the last epoch; `best epoch` is the "
+            "epoch with the best validation R@50 (then NDCG@10). Cold/warm columns: `--tune-cold` (10% of the "
+            "train items held out of `fit`). `chosen` n/a: a one-value grid, compared with the base config's run "
+            "(same `base_config`) in another file. `chosen` is this rule's pick per file (one field varied around "
+            "`base_config`); the comments in `trainer/model_config.py` say which default was kept and why where "
+            "a run with the other defaults disagreed.\n\n"
+            + "\n".join(rows) + "\n")
+    with open(os.path.join(out_dir, "README.md"), "w") as f:
+        f.write(text)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -464,6 +741,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--cache-dir", default=None, help="where text embeddings are cached (default: --out)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: 2 epochs, small batches, 2 lambdas")
+    parser.add_argument("--seeds", type=int, default=5, help="training seeds per learned model (cfg.seed + i)")
+    parser.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), default=list(VARIANTS),
+                        help="extra learned models (default: all of VARIANTS; none: `--variants`)")
+    parser.add_argument("--variant-seeds", type=int, default=None, help="seeds per variant (default: --seeds)")
+    parser.add_argument("--skip-id-only", action="store_true", help="do not train the ID-only two-tower")
+    parser.add_argument("--report-name", default="quality", help="file name of the .md/.json/_recall.png report")
     parser.add_argument("--use-tags", action="store_true",
                         help="use ml-latest-small tags as item descriptions (they may postdate the split: leaks)")
     parser.add_argument("--test-fraction", type=float, default=0.2)
@@ -476,10 +759,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="ModelConfig override, parsed as TOWER_RECS_MODEL_<FIELD> is (pipeline/overrides.py), "
                              "e.g. --set temperature=0.1 --set hidden_dims=[256,128]")
     parser.add_argument("--tune", action="store_true",
-                        help="train the BERT two-tower on the fit split and print validation metrics per epoch")
-    parser.add_argument("--tag", default="run", help="name of the --tune output file")
+                        help="validation only: train on the fit split, score validation per epoch, write tuning/")
+    parser.add_argument("--grid", action="append", nargs="+", metavar=("FIELD", "VALUE"), default=[],
+                        help="with --tune: a ModelConfig field and the values to try, e.g. --grid temperature 0.05 0.1")
+    parser.add_argument("--tune-cold", action="store_true", help="with --tune: also score validation cold/warm slices")
+    parser.add_argument("--id-only", action="store_true", help="with --tune: zero text vectors (the ID-only model)")
+    parser.add_argument("--tag", default="", help="prefix of the --tune output files")
     parser.add_argument("--command", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for grid in args.grid:
+        if len(grid) < 2:
+            parser.error(f"--grid {' '.join(grid)}: expected FIELD VALUE [VALUE ...]")
     run_benchmark(args)
     return 0
 

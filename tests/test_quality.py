@@ -9,7 +9,9 @@ import pytest
 
 from benchmarks import quality
 from benchmarks.baselines import EASE, MostPopular, interaction_matrix
+from data import prepare
 from schema import contract
+from trainer.metrics import retrieval_metrics, top_k_excluding
 
 
 def test_most_popular_counts_each_user_once():
@@ -66,16 +68,29 @@ def test_benchmark_splits_do_not_leak(tiny_data):
 def test_quick_benchmark_end_to_end(tiny_data, tiny_encoder, tmp_path):
     preprocess, encoder = tiny_encoder
     out = str(tmp_path / "results")
-    quality.main(["--data", tiny_data, "--format", "contract", "--out", out, "--quick",
+    quality.main(["--data", tiny_data, "--format", "contract", "--out", out, "--quick", "--seeds", "2",
+                  "--variants", "TwoTower-BERT-sasrec-tower", "--variant-seeds", "1",
                   "--preprocess", preprocess, "--encoder", encoder])
     for name in ("quality.md", "quality.json", "quality_recall.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     report = json.load(open(os.path.join(out, "quality.json")))
     for slice_name in ("all", "cold", "warm"):
-        assert set(report["results"][slice_name]) == set(quality.MODELS)
-        for result in report["results"][slice_name].values():
+        assert set(report["results"][slice_name]) == set(quality.MODELS) | {"TwoTower-BERT-sasrec-tower"}
+        assert report["results"][slice_name]["TwoTower-BERT-sasrec-tower"]["seeds"] == 1
+        for name, result in report["results"][slice_name].items():
+            if name not in quality.MODELS:
+                continue
             assert len(result["curve"]) == quality.CURVE_K
             assert 0.0 <= result["recall@10"] <= result["recall@50"] <= result["recall@100"] <= 1.0
+            assert result["seeds"] == (1 if name in quality.BASELINES else 2)
+            assert len(result["per_seed"]["recall@50"]) == result["seeds"]
+    # The paired bootstrap of the default model vs EASE and vs ID-only, with intervals around the difference.
+    paired = report["paired_bootstrap"]
+    assert set(paired) == {"TwoTower-BERT vs EASE", "TwoTower-BERT vs TwoTower-ID",
+                           "TwoTower-BERT vs TwoTower-BERT-sasrec-tower"}
+    for by_metric in paired["TwoTower-BERT vs EASE"].values():
+        for r in by_metric.values():
+            assert r["difference_ci95"][0] <= r["difference"] <= r["difference_ci95"][1]
     table = open(os.path.join(out, "quality.md")).read()
     assert all(model in table for model in quality.MODELS)
     # ID-only models cannot place items they never saw in training: below the BERT model on the cold slice.
@@ -93,3 +108,71 @@ def test_benchmark_config_uses_the_pipeline_override_mechanism(monkeypatch):
     args.set = ["epochs=five"]
     with pytest.raises(ValueError, match=r"--set epochs='five': expected an int \(ModelConfig.epochs\)"):
         quality.model_config(args)
+
+
+def test_per_user_metrics_average_to_the_trainer_metrics():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(40, 150)).astype(np.float32)
+    relevant = [rng.choice(150, size=rng.integers(0, 6), replace=False) for _ in range(40)]
+    exclude = [rng.choice(150, size=5, replace=False) for _ in range(40)]
+    queries = quality.Queries(users=[str(i) for i in range(40)], history=[[]] * 40, exclude=exclude,
+                              relevant={"all": relevant})
+    result = quality.evaluate(scores, queries, "all")
+    expected = retrieval_metrics(top_k_excluding(scores, exclude, quality.CURVE_K), relevant, ks=quality.KS)
+    assert result["users"] == expected["users"] == sum(len(r) > 0 for r in relevant)
+    for metric in quality.METRICS:
+        assert result[metric] == pytest.approx(expected[metric])
+        assert result["per_user"][metric].mean() == pytest.approx(expected[metric])
+
+
+def test_paired_bootstrap_separates_a_real_gain_from_noise():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(size=600)
+    better = quality.paired_bootstrap(base + 0.05 + rng.normal(0, 0.02, 600), base)
+    assert better["difference"] == pytest.approx(0.05, abs=0.005) and better["difference_ci95"][0] > 0
+    noise = quality.paired_bootstrap(base + rng.normal(0, 0.3, 600), base)
+    assert noise["difference_ci95"][0] < 0 < noise["difference_ci95"][1]
+    mean, half = quality.mean_ci([0.25, 0.26, 0.24, 0.25, 0.25])
+    assert mean == pytest.approx(0.25) and 0.005 < half < 0.02   # t(4) = 2.78 x 0.0071 / sqrt(5)
+
+
+def _poison_test_rows(interactions: pd.DataFrame) -> pd.DataFrame:
+    """The same interactions with every test-split row's item replaced by an id in no catalogue.
+
+    The split is by user and time only, so train/fit/validation are unchanged; anything that reads a
+    test row crashes (an unknown catalogue column) or changes (vocabularies, counts)."""
+    ordered = prepare._chrono_order(interactions)
+    _, test = prepare.chronological_split(interactions)
+    keys = set(zip(test[contract.USER_ID], test[contract.TIMESTAMP], test[contract.ITEM_ID]))
+    poisoned = interactions.copy()
+    hit = [k in keys for k in zip(poisoned[contract.USER_ID], poisoned[contract.TIMESTAMP],
+                                  poisoned[contract.ITEM_ID])]
+    poisoned.loc[hit, contract.ITEM_ID] = [f"poison-{i}" for i in range(sum(hit))]
+    assert sum(hit) == len(test) and len(ordered) == len(poisoned)
+    return poisoned
+
+
+@pytest.mark.slow
+def test_tuning_never_reads_the_test_split(tiny_data, tiny_encoder, tmp_path, monkeypatch):
+    preprocess, encoder = tiny_encoder
+    interactions, items = quality.load_data(tiny_data, "contract")
+    poisoned = _poison_test_rows(interactions)
+    outputs = {}
+    for name, frame in (("clean", interactions), ("poisoned", poisoned)):
+        monkeypatch.setattr(quality, "load_data", lambda *a, frame=frame, **k: (frame, items))
+        out = str(tmp_path / name)
+        quality.main(["--data", tiny_data, "--format", "contract", "--out", out, "--cache-dir", str(tmp_path),
+                      "--quick", "--preprocess", preprocess, "--encoder", encoder, "--tune", "--tune-cold",
+                      "--grid", "temperature", "0.1", "0.2"])
+        outputs[name] = json.load(open(os.path.join(out, "tuning", "temperature.json")))
+        assert os.path.exists(os.path.join(out, "tuning", "README.md"))
+    clean, dirty = outputs["clean"], outputs["poisoned"]
+    assert [r["value"] for r in clean["runs"]] == [0.1, 0.2] and clean["chosen"] in (0.1, 0.2)
+    assert clean["protocol"]["fit_interactions"] > 0 and clean["runs"][0]["cold_validation"]["cold"]["users"] > 0
+    for a, b in zip(clean["runs"], dirty["runs"]):
+        assert a["curve"] == b["curve"] and a["cold_validation"] == b["cold_validation"]
+    # The poison is live: the test-set benchmark does read those rows and fails on them.
+    with pytest.raises(KeyError, match="poison-"):
+        quality.main(["--data", tiny_data, "--format", "contract", "--out", str(tmp_path / "bench"),
+                      "--cache-dir", str(tmp_path), "--quick", "--seeds", "1",
+                      "--preprocess", preprocess, "--encoder", encoder])

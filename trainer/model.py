@@ -1,6 +1,7 @@
 """The two-tower retrieval model (TF Recommenders).
 
 Query tower:     user id embedding + recency-weighted mean of the user's recent items -> MLP -> unit vector
+                 (`query_tower="sasrec"`: causal self-attention over them instead, `trainer/sequence_tower.py`)
 Candidate tower: item id embedding + projected BERT text embedding                    -> MLP -> unit vector
 
 The BERT encoder is frozen by default, so item texts are embedded once per
@@ -28,6 +29,9 @@ import tensorflow as tf
 from schema import contract
 from trainer.model_config import ModelConfig
 from trainer.retrieval_task import in_batch_softmax_loss
+from trainer.sequence_tower import CausalSelfAttention
+
+QUERY_TOWERS = ("mean", "sasrec")
 
 
 def compute_policy(cfg: ModelConfig):
@@ -79,11 +83,23 @@ class TwoTowerModel(tf.keras.Model):
             self.text_basis = tf.Variable(basis, trainable=False, name="text_basis")
             text_table = text_table @ basis
         self.text_table = tf.Variable(text_table, trainable=False, name="text_table")
+        # Content-to-id map (cold start): predicts an item's id embedding from its text, trained on the
+        # known items of each batch; unknown items use its output where they had a zero id vector.
+        self.text_to_id = tf.keras.layers.Dense(cfg.id_embedding_dim, name="text_to_id") \
+            if cfg.id_from_text else None
+        self.curriculum_steps = 0      # optimizer steps of the id-dropout curriculum (`id_dropout_start`)
         self.text_projection = tf.keras.layers.Dense(cfg.id_embedding_dim, name="text_projection",
                                                      dtype=compute_policy(cfg))
         # One logit per recency rank (0 = most recent); all zeros = plain mean.
         self.recency_logits = tf.Variable(tf.zeros([contract.HISTORY_LENGTH]), name="recency_logits",
                                           trainable=bool(cfg.recency_weighting))
+        if cfg.query_tower not in QUERY_TOWERS:
+            raise ValueError(f"query_tower must be one of {QUERY_TOWERS}, got {cfg.query_tower!r}")
+        # Tokens: item id embedding + projected text per history item.
+        self.sequence_encoder = CausalSelfAttention(
+            cfg.id_embedding_dim, blocks=cfg.sequence_blocks, heads=cfg.sequence_heads,
+            max_length=contract.HISTORY_LENGTH, dropout=cfg.sequence_dropout, name="sequence_encoder",
+        ) if cfg.query_tower == "sasrec" else None
         self.query_mlp = _mlp(cfg, "query_mlp")
         self.candidate_mlp = _mlp(cfg, "candidate_mlp")
         probabilities = np.asarray(item_counts, np.float64) / max(float(np.sum(item_counts)), 1.0)
@@ -91,13 +107,33 @@ class TwoTowerModel(tf.keras.Model):
         self.item_log_probability = tf.constant(np.log(np.maximum(probabilities, 1e-12)), tf.float32)
 
     # -- item side -------------------------------------------------------------------------------
-    def _id_part(self, item_index: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """Id embedding of each item, zero for unknown items (and for dropped ids in training)."""
-        known = tf.cast(item_index < self.num_items, tf.float32)
-        if training and self.cfg.id_dropout > 0:
-            keep = tf.random.uniform(tf.shape(item_index)) >= self.cfg.id_dropout
-            known *= tf.cast(keep, tf.float32)
-        return self.item_embedding(tf.minimum(item_index, self.num_items)) * known[..., None]
+    def _id_part(self, item_index: tf.Tensor, training: bool = False,
+                 text: Optional[tf.Tensor] = None) -> tf.Tensor:
+        """Id embedding of each item; for unknown items (and ids dropped in training) zero, or with
+        `id_from_text` the stand-in mapped from the item's (projected-space) text `text`."""
+        known = item_index < self.num_items
+        if training and max(self.cfg.id_dropout, self.cfg.id_dropout_start) > 0:
+            known = tf.logical_and(known, tf.random.uniform(tf.shape(item_index)) >= self.id_dropout_rate())
+        vectors = self.item_embedding(tf.minimum(item_index, self.num_items))
+        if self.text_to_id is not None and text is not None:
+            return tf.where(known[..., None], vectors, tf.cast(self.text_to_id(text), tf.float32))
+        return vectors * tf.cast(known, tf.float32)[..., None]
+
+    def id_dropout_rate(self) -> tf.Tensor:
+        """`id_dropout`, or with `id_dropout_start >= 0` the linear curriculum from it to `id_dropout`
+        over `curriculum_steps` optimizer steps (set by `trainer.train.build_model`)."""
+        if self.cfg.id_dropout_start < 0 or not self.curriculum_steps:
+            return tf.constant(self.cfg.id_dropout, tf.float32)
+        progress = tf.minimum(tf.cast(self.optimizer.iterations, tf.float32) / float(self.curriculum_steps), 1.0)
+        return self.cfg.id_dropout_start + (self.cfg.id_dropout - self.cfg.id_dropout_start) * progress
+
+    def text_for_id(self, text_embedding: tf.Tensor) -> Optional[tf.Tensor]:
+        """The text input of the `id_from_text` map (PCA-reduced text), or None without the map."""
+        if self.text_to_id is None:
+            return None
+        if self.text_basis is not None and text_embedding.shape[-1] != self.text_basis.shape[1]:
+            text_embedding = tf.matmul(tf.cast(text_embedding, tf.float32), self.text_basis)
+        return tf.cast(text_embedding, tf.float32)
 
     def candidate_embedding(self, item_index: tf.Tensor, text_embedding: tf.Tensor,
                             training: bool = False) -> tf.Tensor:
@@ -115,7 +151,8 @@ class TwoTowerModel(tf.keras.Model):
         if self.text_basis is not None and text_embedding.shape[-1] != self.text_basis.shape[1]:
             text_embedding = tf.matmul(tf.cast(text_embedding, tf.float32), self.text_basis)
         projected = tf.cast(self.text_projection(text_embedding), tf.float32)
-        vectors = self.candidate_mlp(tf.concat([self._id_part(item_index, training), projected], axis=-1))
+        id_part = self._id_part(item_index, training, self.text_for_id(text_embedding))
+        vectors = self.candidate_mlp(tf.concat([id_part, projected], axis=-1))
         return tf.math.l2_normalize(tf.cast(vectors, tf.float32), axis=-1)
 
     def item_text_embedding(self, item_index: tf.Tensor) -> tf.Tensor:
@@ -157,16 +194,34 @@ class TwoTowerModel(tf.keras.Model):
             drop = tf.random.uniform(tf.shape(user_index)) < self.cfg.user_id_dropout
             user_index = tf.where(drop, tf.cast(self.num_users, tf.int64), user_index)
         history_index = tf.cast(history_index, tf.int64)
+        if self.sequence_encoder is not None:
+            history = self.sequence_summary(history_index, training)
+        else:
+            history = self.history_mean(history_index)
+        vectors = self.query_mlp(tf.concat([self.user_embedding(user_index), history], axis=-1))
+        return tf.math.l2_normalize(tf.cast(vectors, tf.float32), axis=-1)
+
+    def sequence_summary(self, history_index: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """[B, id_embedding_dim]: the causal self-attention output at the most recent history item."""
+        safe_index = tf.maximum(history_index, 0)
+        raw_text = self.item_text_embedding(safe_index)
+        text = tf.cast(self.text_projection(raw_text), tf.float32)
+        tokens = self._id_part(safe_index, text=self.text_for_id(raw_text)) + text              # [B, H, id dim]
+        return self.sequence_encoder(tokens, history_index >= 0, training=training)
+
+    def history_mean(self, history_index: tf.Tensor) -> tf.Tensor:
+        """[B, 2 * id_embedding_dim]: the recency-weighted mean of the history's id and projected text."""
         weights = self.history_weights(history_index)[:, None, :]                  # [B, 1, H]
         safe_index = tf.maximum(history_index, 0)
         # Weighted sums as batched matmuls: no [B, H, D] product tensor in the forward or backward pass.
-        id_mean = tf.squeeze(tf.matmul(weights, self._id_part(safe_index)), axis=1)
-        text_mean = tf.squeeze(tf.matmul(weights, self.item_text_embedding(safe_index)), axis=1)
+        text_rows = self.item_text_embedding(safe_index)
+        id_rows = self._id_part(safe_index, text=self.text_for_id(text_rows))
+        id_mean = tf.squeeze(tf.matmul(weights, id_rows), axis=1)
+        text_mean = tf.squeeze(tf.matmul(weights, text_rows), axis=1)
         # Dense is affine: mean(W t_i + b) = W mean(t_i) + b, and zero for an empty history.
         has_history = tf.reduce_sum(weights, axis=2)
         text_part = tf.cast(self.text_projection(text_mean), tf.float32) * has_history
-        vectors = self.query_mlp(tf.concat([self.user_embedding(user_index), id_mean, text_part], axis=-1))
-        return tf.math.l2_normalize(tf.cast(vectors, tf.float32), axis=-1)
+        return tf.concat([id_mean, text_part], axis=-1)
 
     # -- training --------------------------------------------------------------------------------
     # No data-dependent Python control flow below: skipping AutoGraph saves converting ~1,400 Keras/TF
@@ -192,9 +247,20 @@ class TwoTowerModel(tf.keras.Model):
             text_embedding = self.item_text_embedding(item_index)
         candidate = self.candidate_embedding(item_index, text_embedding, training)
         log_probability = tf.gather(self.item_log_probability, item_index) if self.cfg.logq_correction else None
-        return in_batch_softmax_loss(query, candidate, temperature=self.cfg.temperature,
+        loss = in_batch_softmax_loss(query, candidate, temperature=self.cfg.temperature,
                                      candidate_log_probability=log_probability,
                                      candidate_ids=item_index if self.cfg.remove_accidental_hits else None)
+        if self.text_to_id is not None:
+            loss += self.text_to_id_loss(item_index, text_embedding)
+        return loss
+
+    def text_to_id_loss(self, item_index: tf.Tensor, text_embedding: tf.Tensor) -> tf.Tensor:
+        """Summed squared error of the content-to-id map on the batch's known items (id side held fixed)."""
+        known = tf.cast(item_index < self.num_items, tf.float32)
+        target = tf.stop_gradient(self.item_embedding(tf.minimum(item_index, self.num_items)))
+        error = tf.reduce_sum(tf.square(tf.cast(self.text_to_id(self.text_for_id(text_embedding)), tf.float32)
+                                        - target), axis=-1)
+        return tf.reduce_sum(error * known)
 
     @tf.autograph.experimental.do_not_convert
     def train_step(self, inputs):

@@ -2,8 +2,10 @@
 
 The TFX pipeline (`pipeline/configs.py`) and the benchmarks both start from
 `ModelConfig()`; the pipeline passes it to the Trainer as `custom_config["model"]`.
-The defaults are the ones tuned on the validation slice of ml-latest-small by
-`python -m benchmarks.quality --tune` (see benchmarks/results/quality.md).
+The defaults are the ones tuned on the validation split of ml-latest-small (the train part of
+the chronological split, split again by time; the test split is never read) by
+`python -m benchmarks.quality --tune --grid FIELD VALUE...`; the evidence for each is the
+committed `benchmarks/results/tuning/<field>.json` (summary: `benchmarks/results/tuning/README.md`).
 
     >>> cfg = ModelConfig(embedding_dim=32)
     >>> ModelConfig.from_dict(cfg.to_dict()) == cfg
@@ -30,20 +32,45 @@ class ModelConfig:
     # Query tower: the history is a weighted mean of the user's recent items. With
     # `recency_weighting` the weights are learned per recency rank (most recent item = rank 0).
     recency_weighting: bool = True
+    # "mean" (the above) or "sasrec": causal self-attention over the history items (id + text tokens,
+    # learned recency positions, the last position's output; trainer/sequence_tower.py). On validation the
+    # mean tower led (R@50 0.305 / NDCG@10 0.161 vs 0.301 / 0.153, tuning/combined_query_tower.json) and
+    # trains several times faster on CPU (benchmarks/results/training_throughput.md): default "mean".
+    query_tower: str = "mean"
+    sequence_blocks: int = 1         # transformer blocks of the "sasrec" tower
+    sequence_heads: int = 2
+    sequence_dropout: float = 0.1
 
     # Loss: in-batch softmax over L2-normalised embeddings.
+    # Validation (benchmarks/results/tuning/temperature.json): 0.2 led 0.1 on R@50 by 0.008 and trailed on
+    # NDCG@10 by 0.004 (one seed, within noise); 0.05 trailed on both. Kept 0.1.
     temperature: float = 0.1
     remove_accidental_hits: bool = True
     logq_correction: bool = True     # subtract log(sampling probability) of in-batch negatives
     # Probability of hiding an item's id embedding in training, so its text must carry it (cold start).
-    id_dropout: float = 0.3
+    # 0.0 won on validation (R@50 0.309 / NDCG@10 0.165 vs 0.288 / 0.148 at 0.3) but costs cold items
+    # (validation cold R@100 0.033 vs 0.097): benchmarks/results/tuning/id_dropout.json.
+    id_dropout: float = 0.0
+    # >= 0: a curriculum, the id-dropout rate moving linearly from this value to `id_dropout` over the run.
+    # Validation (tuning/curriculum_id_dropout_start.json, 0.9 -> 0): cold R@100 0.110 (vs 0.033 without,
+    # 0.097 at a constant 0.3), all-items R@50 / NDCG@10 0.293 / 0.147 (vs 0.309 / 0.165): off by default.
+    id_dropout_start: float = -1.0
+    # Content-to-id map: a linear map from an item's text to its id embedding, trained on known items;
+    # items without an id vector (cold, or dropped in training) get its output instead of zeros. On
+    # validation it lifts cold R@100 from 0.027 to 0.189 but drops all-items R@50 from 0.305 to 0.234
+    # (tuning/combined_id_from_text.json vs combined_query_tower.json): off by default.
+    id_from_text: bool = False
     # Probability of replacing a user's id with the OOV id in training, so new users get a useful vector.
     user_id_dropout: float = 0.1
 
     # Optimisation.
     batch_size: int = 1024
+    # tuning/learning_rate.json: 0.01 led 0.005 at id_dropout 0.3, but with id_dropout 0 it trailed it
+    # (combined_query_tower.json, mean tower: R@50 0.305 / NDCG@10 0.161 vs 0.309 / 0.165): kept 0.005.
     learning_rate: float = 0.005
     lr_schedule: str = "constant"    # "constant" or "cosine" (decays to 0 over the whole run)
+    # tuning/epochs.json (12-epoch validation curve): best R@50 at epoch 5, 6 within 0.006; with id_dropout
+    # 0 epoch 6 has the better NDCG@10 (tuning/id_dropout.json curve). Kept 6.
     epochs: int = 6
     seed: int = 42
 
@@ -58,8 +85,9 @@ class ModelConfig:
     mixed_precision: bool = False
     # >0: the model keeps its text table reduced to this many principal components of the catalogue's
     # text vectors (a frozen linear map, applied to new items' text too): 3x less memory traffic per
-    # step at 128. 0 = the full encoder width. 128 beat 0 and 64 on validation (R@50/NDCG@10) and trains
-    # as fast as 64 on 2 CPUs (~40k vs ~28k ex/s at 0; benchmarks/results/training_throughput.md).
+    # step at 128. 0 = the full encoder width. 128 beat 0 and 64 on validation on R@50 and NDCG@10
+    # (benchmarks/results/tuning/text_pca_dim.json) and trains as fast as 64 on 2 CPUs
+    # (benchmarks/results/training_throughput.md).
     text_pca_dim: int = 128
     # Training input: index features (~176 bytes per interaction) are held in memory up to this many
     # MiB; larger data is streamed from the Transform output (shuffled full batches from the TFRecords).

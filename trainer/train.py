@@ -114,6 +114,7 @@ def build_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items
         item_counts = np.bincount(train[contract.ITEM_INDEX], minlength=num_items + 1)[:num_items]
     model = TwoTowerModel(cfg, num_users=num_users, num_items=num_items, text_table=text_table,
                           item_counts=item_counts, text_encoder=text_encoder, item_texts=item_texts)
+    model.curriculum_steps = total_steps
     learning_rate = cfg.learning_rate
     if cfg.lr_schedule == "cosine" and total_steps > 0:
         learning_rate = tf.keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total_steps)
