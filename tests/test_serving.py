@@ -651,7 +651,10 @@ def test_proto_decoding_follows_tensorflow():
 def test_sigterm_drains_in_flight_requests(tmp_path):
     """SIGTERM: the running request finishes, new ones get UNAVAILABLE, status shows UNLOADING, exit code 0."""
     base = str(tmp_path / MODEL)
-    build_synthetic_model(base, 1, num_items=200_000, dim=16, seed=0, warmup=0)   # ~1 s per 1024-row request
+    # Exact search over 200k items (~1 s per 1024-row request): the IVF index would answer too fast to be
+    # caught in flight.
+    build_synthetic_model(base, 1, num_items=200_000, dim=16, seed=0, warmup=0,
+                          cfg=ModelConfig(ann_min_items=1_000_000))
     srv = ServerProcess(base, MODEL, log_path=str(tmp_path / "server.log"),
                         extra_args=["--enable_batching", "false", "--max_batch_size", "1024"]).start()
     try:
