@@ -169,6 +169,21 @@ def run_pipeline(name: str, data: str, beam_args: Optional[str] = None, fresh: b
             "load_average": list(os.getloadavg()), "beam_pipeline_args": beam_args or "default"}
 
 
+def partial_run(name: str, started: float, note: str) -> dict:
+    """A run stopped before its end (e.g. at a deadline): the components ML Metadata saw finish, no RSS."""
+    db = os.path.join(WORK_DIR, "runs", name, "metadata", f"scaling-{name}", "metadata.db")
+    con = sqlite3.connect(db)
+    done = {row[0].split(".", 1)[-1] for row in con.execute(
+        "SELECT c.name FROM Execution e JOIN Association a ON a.execution_id = e.id JOIN Context c "
+        "ON c.id = a.context_id JOIN Type t ON t.id = c.type_id WHERE t.name = 'node' AND e.last_known_state = 3")}
+    con.close()
+    times = component_times(db, started)
+    return {"complete": False, "note": note, "wall_seconds": None, "peak_rss_mb": None,
+            "components": {node: {"seconds": round(end - start, 2), "peak_rss_mb": None}
+                           for node, (start, end) in sorted(times.items(), key=lambda kv: kv[1][0]) if node in done},
+            "load_average": list(os.getloadavg()), "beam_pipeline_args": "?"}
+
+
 def count_rows(data: str) -> dict:
     def lines(path):
         with open(path, "rb") as f:
@@ -190,7 +205,8 @@ def _per_million(run: dict, rows: dict) -> dict:
 
 def targets(results: dict) -> list[dict]:
     """The issue's targets, measured or 'not measured'."""
-    sizes = [s for s in SIZES if "first" in results["sizes"].get(s, {}).get("runs", {})]
+    sizes = [s for s in SIZES if results["sizes"].get(s, {}).get("runs", {}).get("first", {}).get("complete", True)
+             and "first" in results["sizes"].get(s, {}).get("runs", {})]
     out = []
     if len(sizes) >= 2:
         small, large = sizes[0], sizes[-1]
@@ -243,10 +259,11 @@ def write_markdown(results: dict, path: str) -> None:
             extra = ["–", "–", "–"]
             if first and first["seconds"] > 0:
                 extra = [f"{_rows(node, rows) / first['seconds']:,.0f}",
-                         f"{first['seconds'] / (_rows(node, rows) / 1e6):.1f}", f"{first['peak_rss_mb']:,}"]
+                         f"{first['seconds'] / (_rows(node, rows) / 1e6):.1f}", f"{first['peak_rss_mb'] or '–'}"]
             lines.append(f"| {node} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
-        lines.append("| **whole run** | " + " | ".join(f"**{r['wall_seconds']:.0f}**" for r in runs.values())
-                     + f" | | | {runs.get('first', {}).get('peak_rss_mb', 0):,} |")
+        lines.append("| **whole run** | " + " | ".join(
+            f"**{r['wall_seconds']:.0f}**" if r.get("complete", True) else "incomplete" for r in runs.values())
+            + f" | | | {runs.get('first', {}).get('peak_rss_mb') or '–'} |")
         if "first" in runs and "1worker" in runs:
             lines += ["", f"Beam on every core (`{DEFAULT_ARGS}`) vs the previous single worker (`{ONE_WORKER_ARGS}`), "
                       "rows/s per Beam component:", "",
@@ -258,6 +275,7 @@ def write_markdown(results: dict, path: str) -> None:
                                  f"{one / every:.2f}x |")
         lines += ["", "Load average (1 min) at the end of each run: "
                   + ", ".join(f"{n} {r['load_average'][0]:.2f}" for n, r in runs.items()), ""]
+        lines += [f"{n}: {r['note']}" for n, r in runs.items() if r.get("note")] + [""]
     lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for t in results["targets"]:
         note = f" ({t['note']})" if t.get("note") else ""
@@ -273,6 +291,8 @@ def write_plot(results: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     sizes = [s for s in results["sizes"] if "first" in results["sizes"][s]["runs"]]
+    if not sizes:
+        return
     fig, ax = plt.subplots(figsize=(8, 5))
     xs = [results["sizes"][s]["rows"]["interactions"] for s in sizes]
     nodes = sorted({n for s in sizes for n in results["sizes"][s]["runs"]["first"]["components"]})
@@ -280,8 +300,9 @@ def write_plot(results: dict, path: str) -> None:
         ys = [results["sizes"][s]["runs"]["first"]["components"].get(node, {}).get("seconds") for s in sizes]
         if all(y for y in ys):
             ax.plot(xs, ys, marker="o", label=node)
-    ax.plot(xs, [results["sizes"][s]["runs"]["first"]["wall_seconds"] for s in sizes], "k--", marker="s",
-            label="whole run")
+    walls = [results["sizes"][s]["runs"]["first"].get("wall_seconds") for s in sizes]
+    if all(walls):
+        ax.plot(xs, walls, "k--", marker="s", label="whole run")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("interactions")

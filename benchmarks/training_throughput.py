@@ -108,7 +108,8 @@ def write_transformed(train: dict[str, np.ndarray], directory: str):
     accessor = fn_args_utils.DataAccessor(
         tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact([examples], []),
         record_batch_factory=None, data_view_decode_fn=None)
-    fn_args = types.SimpleNamespace(train_files=[path], eval_files=[path], data_accessor=accessor)
+    pattern = os.path.join(split_dir, "*")  # what TFX passes as train_files
+    fn_args = types.SimpleNamespace(train_files=[pattern], eval_files=[pattern], data_accessor=accessor)
     tft_output = types.SimpleNamespace(
         transformed_metadata=dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec)))
     return fn_args, tft_output

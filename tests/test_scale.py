@@ -130,7 +130,7 @@ def test_training_input_streams_full_shuffled_batches_over_the_memory_budget(tmp
 
     n, num_items = 1000, 50
     examples, metadata, items = _transformed_examples(tmp_path, n, num_items)
-    files = [os.path.join(examples.uri, "Split-train", "data.gz")]
+    files = [os.path.join(examples.uri, "Split-train", "*")]  # TFX passes split patterns
     fn_args = types.SimpleNamespace(
         train_files=files, eval_files=files,
         data_accessor=fn_args_utils.DataAccessor(

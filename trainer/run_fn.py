@@ -79,8 +79,12 @@ def load_index_features(fn_args, tft_output: tft.TFTransformOutput, files: list[
     return {name: np.concatenate(values) for name, values in columns.items()}
 
 
-def count_examples(files: list[str]) -> int:
-    """Records in gzipped TFRecord files (one decompressing pass in TF, no parsing)."""
+def count_examples(file_patterns: list[str]) -> int:
+    """Records in gzipped TFRecord files (TFX passes split patterns, e.g. ".../Split-train/*"); one
+    decompressing pass in TF, no parsing."""
+    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"No training files match {file_patterns}")
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
     return int(dataset.batch(65536).reduce(tf.constant(0, tf.int64),
                                             lambda n, batch: n + tf.shape(batch, out_type=tf.int64)[0]))
