@@ -1,9 +1,11 @@
 """The gates before Pusher: RetrievalEvaluator (ModelBlessing) and ServingCheck (InfraBlessing).
 
-* judge logic of both gates (no TensorFlow);
-* the real pipeline: after a good run (shared with tests/test_bad_data.py), a deliberately worse model
-  (TRAIN_STEPS=1: one gradient step) is not blessed and not pushed; the good version stays the latest
-  pushed and the latest blessed (the next run's baseline).
+* judge logic of both gates: every rule can fail (no TensorFlow), config validation, probe output checks;
+* the real pipeline: an untrained first model (TRAIN_STEPS=1, fresh output dir, no baseline) is not
+  blessed and nothing is pushed (it loses to MostPopular); after a good run (shared with
+  tests/test_bad_data.py), the same worse model is not blessed and not pushed; the good version stays
+  the latest pushed and the latest blessed (the next run's baseline).
+Five successive 4%-worse models: tests/test_gate_drift.py.
 """
 import json
 import os
@@ -213,9 +215,31 @@ def test_worse_model_is_not_blessed_and_not_pushed(tiny_encoder):
     assert blessed[-1][2]["current_model"] == good_model_uri
 
     line = runs.latest_line(run)
-    assert line.startswith("Model blessed: no") and "baseline" in line and "report: " in line, line
+    assert line.startswith("Model blessed: no") and "latest pushed model" in line and "report: " in line, line
     report = line.split("report: ")[-1]
     assert os.path.exists(report)
     with open(report, encoding="utf-8") as f:
         page = f.read()
     assert "Model blessed: no" in page and "data:image/png;base64," in page
+    assert "MostPopular (train popularity)" in page and "<td>FAIL</td>" in page
+
+
+@pytest.mark.e2e
+def test_untrained_first_model_is_not_blessed_and_nothing_is_pushed(tiny_encoder):
+    """`TOWER_RECS_TRAIN_STEPS=1` in a fresh output dir: no baseline exists, MostPopular still stops it."""
+    run = runs.good_run(tiny_encoder)
+    first = run["untrained"]
+    assert first["returncode"] == 0, first["stderr"]
+    assert first["versions"] == []                                   # nothing pushed
+    metadata = os.path.join(run["output"], "metadata", "tower-recs", "metadata.db")
+    blessing = _artifacts(metadata, "ModelBlessing")[0]
+    assert blessing[2]["blessed"] == 0 and os.path.exists(os.path.join(blessing[1], "NOT_BLESSED"))
+    assert _artifacts(metadata, "PushedModel")[0][2].get("pushed") == 0
+    with open(os.path.join(_artifacts(metadata, "ModelEvaluation")[0][1], "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["baseline"] is None and metrics["baselines"]["latest_pushed"] is None
+    fails = [r for r in metrics["reasons"] if r.startswith("FAIL")]
+    assert fails and all("MostPopular" in r for r in fails), metrics["reasons"]
+    metric = metrics["config"]["popularity_metric"]
+    assert metrics["candidate"]["overall"][metric] < metrics["baselines"]["most_popular"]["overall"][metric] * (
+        1 + metrics["config"]["popularity_margin"])
