@@ -359,7 +359,9 @@ class RetrievalEvaluatorExecutor(base_executor.BaseExecutor):
         cfg = EvaluationConfig.from_json(exec_properties.get(CONFIG_KEY) or "")
         model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
         pushed_model = (input_dict.get(PUSHED_MODEL_KEY) or [None])[0]
-        blessed_models = list(input_dict.get(BLESSED_MODELS_KEY) or [])[:cfg.baseline_window]
+        # Newest first (TFX hands resolved artifacts over in id order, whatever the resolver returned).
+        blessed_models = sorted(input_dict.get(BLESSED_MODELS_KEY) or [], key=lambda a: a.id,
+                                reverse=True)[:cfg.baseline_window]
         examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
         items = (input_dict.get(ITEMS_KEY) or [None])[0]
         evaluation = artifact_utils.get_single_instance(output_dict[EVALUATION_KEY])
