@@ -159,7 +159,8 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 def gate_rows(summary: dict) -> list[list[str]]:
     """[gate, PASS/FAIL, the check with its numbers] for every check of both gates."""
     rows = []
-    for gate, result in (("evaluator", summary.get("evaluation") or {}), ("serving check", summary.get("serving") or {})):
+    gates = (("evaluator", summary.get("evaluation") or {}), ("serving check", summary.get("serving") or {}))
+    for gate, result in gates:
         for reason in result.get("reasons", []):
             verdict, _, detail = reason.partition(" ")
             rows.append([gate, verdict, detail])
@@ -170,7 +171,8 @@ def model_rows(evaluation: dict) -> list[tuple[str, dict]]:
     """(label, metrics) of the candidate, MostPopular, the latest pushed and the best recent blessed model."""
     baselines = evaluation.get("baselines") or {}
     window = len(baselines.get("blessed_window") or [])
-    rows = [("candidate", evaluation.get("candidate")), ("MostPopular (train popularity)", baselines.get("most_popular")),
+    rows = [("candidate", evaluation.get("candidate")),
+            ("MostPopular (train popularity)", baselines.get("most_popular")),
             ("latest pushed", baselines.get("latest_pushed")),
             (f"best of last {window} blessed", baselines.get("best_blessed"))]
     if not baselines and evaluation.get("baseline"):

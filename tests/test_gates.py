@@ -88,7 +88,6 @@ def test_evaluation_config_errors_name_the_setting(values, setting):
 
 def test_gate_settings_are_checked_when_the_pipeline_is_built():
     """A misspelt TOWER_RECS_EVAL_BASELINE_METRIC fails `pipeline.configs` (what the runners import)."""
-    from pipeline.components.gate_config import ServingCheckConfig as _  # noqa: F401
     from pipeline.overrides import from_env
 
     with pytest.raises(ValueError, match="unknown metric 'recal@50'.*valid names"):
