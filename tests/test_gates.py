@@ -242,3 +242,25 @@ def test_untrained_first_model_is_not_blessed_and_nothing_is_pushed(tiny_encoder
     metric = metrics["config"]["popularity_metric"]
     assert metrics["candidate"]["overall"][metric] < metrics["baselines"]["most_popular"]["overall"][metric] * (
         1 + metrics["config"]["popularity_margin"])
+
+
+def test_report_lists_every_gate_and_every_baseline():
+    from pipeline.report import gate_rows, model_rows, render_html
+
+    evaluation = {"reasons": ["PASS recall@50 = 0.2000 >= 0.1 (absolute threshold)",
+                              "FAIL ndcg@10 = 0.0900 < MostPopular 0.0800 + 25% = 0.1000"],
+                  "candidate": {"uri": "c", **_metrics(0.2)}, "baseline": {"uri": "p", **_metrics(0.21)},
+                  "baselines": {"most_popular": {"model": "MostPopular", **POPULAR},
+                                "latest_pushed": {"uri": "p", **_metrics(0.21)},
+                                "best_blessed": {"uri": "b", **_metrics(0.22)},
+                                "blessed_window": [{"uri": "b"}, {"uri": "p"}]},
+                  "config": {"baseline_metric": "recall@50"}, "data": {}}
+    summary = {"evaluation": evaluation, "serving": {"reasons": ["FAIL no assets.extra/tf_serving_warmup_requests"]},
+               "blessed": False, "reason": "r"}
+    assert gate_rows(summary) == [["evaluator", "PASS", "recall@50 = 0.2000 >= 0.1 (absolute threshold)"],
+                                  ["evaluator", "FAIL", "ndcg@10 = 0.0900 < MostPopular 0.0800 + 25% = 0.1000"],
+                                  ["serving check", "FAIL", "no assets.extra/tf_serving_warmup_requests"]]
+    assert [label for label, _ in model_rows(evaluation)] == [
+        "candidate", "MostPopular (train popularity)", "latest pushed", "best of last 2 blessed"]
+    page = render_html(summary, {})
+    assert page.count("<td>FAIL</td>") == 2 and "<td>0.2200</td>" in page
