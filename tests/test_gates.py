@@ -74,7 +74,7 @@ def test_four_percent_losses_cannot_compound():
     ({"thresholds": {"recall@500": 0.1}}, "EvaluationConfig.thresholds"),
     ({"thresholds": {"recall@50": 1.5}}, "EvaluationConfig.thresholds"),
     ({"max_relative_drop": 1.0}, "EvaluationConfig.max_relative_drop"),
-    ({"popularity_margin": -0.1}, "EvaluationConfig.popularity_margin"),
+    ({"popularity_margin": -1.5}, "EvaluationConfig.popularity_margin"),
     ({"baseline_window": 0}, "EvaluationConfig.baseline_window"),
     ({"ks": ()}, "EvaluationConfig.ks"),
 ])
