@@ -12,7 +12,9 @@ Layout written by :func:`write_contract` (ids are strings that never look like n
 
 Split protocol (same as docs/anchors.md "Baselines measured on our own protocol"): per user, the
 last ``test_fraction`` of that user's interactions by time are eval; every user keeps at least one
-train interaction, so a user with a single interaction is train-only.
+train interaction, so a user with a single interaction is train-only. Then a seeded
+``new_user_fraction`` of users (default 5%, 0 disables) is moved entirely into eval: they have no
+train rows, so the evaluator's `new_users` slice measures quality for users the model never saw.
 """
 
 from __future__ import annotations
@@ -101,6 +103,28 @@ def validation_split(
     return chronological_split(train, test_fraction=fraction)
 
 
+def new_user_split(
+    train: pd.DataFrame, test: pd.DataFrame, fraction: float = 0.05, seed: int = 0
+) -> Tuple[pd.DataFrame, pd.DataFrame, List[str]]:
+    """Move ``round(users * fraction)`` seeded users with all their rows from ``train`` to ``test``.
+
+    Returns ``(train, test, new_user_ids)``; ``test`` stays sorted by (user, time) and the new users
+    have no train rows. ``fraction`` 0 returns the inputs unchanged.
+
+        train, test, new_users = new_user_split(*chronological_split(df), fraction=0.05, seed=0)
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"new_user_fraction must be in [0, 1), got {fraction}")
+    users = np.array(sorted(set(train[USER_ID].astype(str)) | set(test[USER_ID].astype(str))))
+    n_new = int(round(len(users) * fraction))
+    if n_new == 0:
+        return train, test, []
+    new = sorted(np.random.default_rng(seed).choice(users, size=n_new, replace=False).tolist())
+    moved = train[USER_ID].astype(str).isin(new).to_numpy()
+    test = pd.concat([test, train[moved]]).sort_values([USER_ID, TIMESTAMP], kind="mergesort")
+    return train[~moved].reset_index(drop=True), test.reset_index(drop=True), new
+
+
 def cold_item_split(
     interactions: pd.DataFrame,
     items: Optional[pd.DataFrame] = None,
@@ -185,6 +209,8 @@ def write_contract(
     dedupe: bool = False,
     interactions_source: Source = validation.INTERACTIONS,
     items_source: Source = validation.ITEMS,
+    new_user_fraction: float = 0.05,
+    seed: int = 0,
 ) -> dict:
     """Validate, split chronologically per user, add history and write the contract layout.
 
@@ -193,7 +219,8 @@ def write_contract(
     of an earlier row are rejected, or dropped and counted with ``dedupe=True``.
 
     ``history`` is computed over each user's full timeline before splitting, so eval rows may
-    contain earlier eval items (always strictly earlier in time). Rows are written sorted by
+    contain earlier eval items (always strictly earlier in time). A seeded ``new_user_fraction`` of
+    users (``seed``; 0 disables) has every row in eval (`new_user_split`). Rows are written sorted by
     (user, time). A missing ``rating`` column is written as 1.0. Returns a summary dict with
     the file paths and row counts.
     """
@@ -206,6 +233,7 @@ def write_contract(
     cat = cat.reset_index(drop=True)
     with_hist = add_history(inter)
     train, test = chronological_split(with_hist, test_fraction=test_fraction)
+    train, test, new_users = new_user_split(train, test, new_user_fraction, seed)
     train = train[INTERACTION_COLUMNS]
     test = test[INTERACTION_COLUMNS]
     paths = {
@@ -222,6 +250,7 @@ def write_contract(
         "train_rows": len(train),
         "eval_rows": len(test),
         "users": int(inter[USER_ID].nunique()),
+        "new_users": len(new_users),
         "items": len(cat),
         "items_without_interactions": int((~cat[ITEM_ID].isin(interacted)).sum()),
         "duplicates_dropped": {"interactions": inter_dropped, "items": items_dropped},
@@ -260,6 +289,8 @@ def summary_text(summary: dict) -> str:
         f"({summary['users']} users), {summary['items']} items "
         f"({summary['items_without_interactions']} without interactions) under {out_dir}"
     ]
+    if summary.get("new_users"):
+        lines.append(f"{summary['new_users']} users kept entirely in eval (new_users slice; --new-user-fraction)")
     dropped = summary.get("duplicates_dropped", {})
     if any(dropped.values()):
         lines.append(f"dropped exact duplicate rows (--dedupe): {dropped.get('interactions', 0)} interaction(s), "
@@ -338,6 +369,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
     parser.add_argument("--test-fraction", type=float, default=0.2,
                         help="per-user fraction of latest interactions held out for eval (default 0.2)")
+    parser.add_argument("--new-user-fraction", type=float, default=0.05,
+                        help="seeded fraction of users kept entirely in eval, for the new_users slice "
+                             "(default 0.05; 0 disables)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the new-user choice (default 0)")
     parser.add_argument("--sep", default=",", help="field separator of both input files (default ',')")
     parser.add_argument("--prefix-ids", choices=PREFIX_MODES, default="auto",
                         help="'auto' (default): when every user id (or every item id) is a number, write them "
@@ -353,6 +388,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cat = read_csv(sources[1], required=validation.REQUIRED_ITEM_COLUMNS)
         inter, cat, changes = prefix_ids(inter, cat, args.prefix_ids)
         summary = write_contract(inter, cat, args.out, test_fraction=args.test_fraction, dedupe=args.dedupe,
+                                 new_user_fraction=args.new_user_fraction, seed=args.seed,
                                  interactions_source=sources[0], items_source=sources[1])
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -257,11 +257,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="fraction of items with no interactions at all (default 0.1)")
     parser.add_argument("--test-fraction", type=float, default=0.2,
                         help="per-user fraction of latest interactions in eval (default 0.2)")
+    parser.add_argument("--new-user-fraction", type=float, default=0.05,
+                        help="seeded fraction of users kept entirely in eval, the new_users slice (default 0.05)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
     try:
         inter, items = generate(args.users, args.items, args.interactions, args.seed, args.cold_fraction)
-        summary = prepare.write_contract(inter, items, args.out, test_fraction=args.test_fraction)
+        summary = prepare.write_contract(inter, items, args.out, test_fraction=args.test_fraction,
+                                         new_user_fraction=args.new_user_fraction, seed=args.seed)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -176,6 +176,8 @@ def resolve(settings: KubeflowSettings) -> dict[str, Any]:
                                 else settings.beam_pipeline_args),
         enable_cache=settings.enable_cache,
         report_dir=_join(pipeline_root, "reports"),
+        # KFP v2 compiles only TFX's stock resolver strategies (pipeline/pipeline.py).
+        baseline_resolution="kfp",
     )
     return kwargs
 

@@ -5,7 +5,8 @@
     interactions ─ Transform (id vocabularies, history) ───────────────┐
     items ─ CatalogEmbedder (BERT item-text vectors in Beam RunInference; previous run's reused) ─┐
     items + Transform + embeddings ─ CatalogTrainer (two-tower) ─┐
-    latest blessed model (Resolver) ─ RetrievalEvaluator (full-catalogue Recall/NDCG, ModelBlessing) ─┐
+    latest pushed + last N blessed models (Resolvers over MLMD) ─ RetrievalEvaluator
+      (full-catalogue Recall/NDCG vs. MostPopular and those baselines, ModelBlessing) ─────────────────┐
     CatalogTrainer ─ ServingCheck (TF + TF Text only process; or stock InfraValidator) ─ InfraBlessing ┴ Pusher
     statistics + evaluation + blessings + push ─ RunReport (HTML, <OUTPUT_DIR>/reports/latest.html)
 
@@ -83,6 +84,32 @@ def _stock_infra_validator(model, examples, backend: str, tf_serving_tag: str):
     )
 
 
+def _baseline_resolvers(mode: str, window: int) -> dict:
+    """{RetrievalEvaluator input key: Resolver} of the models a candidate is compared with."""
+    from pipeline.components import baseline_resolvers as strategies
+
+    model = tfx.types.standard_artifacts.Model
+    if mode == "kfp":
+        # KFP v2 compiles only TFX's stock strategies: the latest blessed model is the one baseline.
+        return {"blessed_models": tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy, model=tfx.dsl.Channel(type=model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id("LatestBlessedModelResolver")}
+    if mode != "mlmd":
+        raise ValueError(f"baseline_resolution must be 'mlmd' or 'kfp', got {mode!r}")
+    return {
+        "pushed_model": tfx.dsl.Resolver(
+            strategy_class=strategies.LatestPushedModelStrategy, model=tfx.dsl.Channel(type=model),
+            pushed_model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.PushedModel),
+        ).with_id("LatestPushedModelResolver"),
+        "blessed_models": tfx.dsl.Resolver(
+            strategy_class=strategies.RecentBlessedModelsStrategy, config={"window": window},
+            model=tfx.dsl.Channel(type=model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id("RecentBlessedModelsResolver"),
+    }
+
+
 def create_pipeline(
     pipeline_name: str,
     pipeline_root: str,
@@ -104,6 +131,7 @@ def create_pipeline(
     infra_validator: str = "",
     tf_serving_tag: str = "",
     report_dir: str = "",
+    baseline_resolution: str = "mlmd",
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline; the runners pass `**pipeline.configs.pipeline_kwargs()` (overridden).
 
@@ -121,6 +149,9 @@ def create_pipeline(
       infra_validator: "docker" / "kubernetes" run TFX's stock InfraValidator with
         tensorflow/serving:`tf_serving_tag` instead of ServingCheck.
       report_dir: where the RunReport copies `latest.html` ("" for nowhere).
+      baseline_resolution: "mlmd" (default): the evaluator's baselines are the latest pushed model and
+        the last `evaluation_config.baseline_window` blessed models (custom resolver strategies over
+        ML Metadata); "kfp": TFX's LatestBlessedModelStrategy only, the one KFP v2 can compile.
 
     Returns:
       The `tfx.dsl.Pipeline`: ExampleGens, validation, AnomalyGate, Transform, CatalogEmbedder, CatalogTrainer,
@@ -130,6 +161,9 @@ def create_pipeline(
 
     evaluation_config = evaluation_config or EvaluationConfig()
     serving_check_config = serving_check_config or ServingCheckConfig()
+    # Unknown metric names or out-of-range gate settings fail here, at build time (gate_config.py).
+    evaluation_config.validate()
+    serving_check_config.validate()
     interaction_gen = _interaction_example_gen(interactions_path)
     item_gen = _item_example_gen(items_path)
     i_stats, i_schema, i_validator = _validated(interaction_gen.outputs["examples"], interactions_schema_path,
@@ -171,24 +205,20 @@ def create_pipeline(
     )
     trainer.add_upstream_node(gate)
 
-    # The previous model to beat: the latest one the evaluator blessed.
-    baseline_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("LatestBlessedModelResolver")
+    baseline_resolvers = _baseline_resolvers(baseline_resolution, evaluation_config.baseline_window)
     evaluator = RetrievalEvaluator(
         model=trainer.outputs["model"],
-        baseline_model=baseline_resolver.outputs["model"],
         examples=interaction_gen.outputs["examples"],
         items=item_gen.outputs["examples"],
         config=evaluation_config,
+        **{key: resolver.outputs["model"] for key, resolver in baseline_resolvers.items()},
     )
     if infra_validator:
         serving_check = _stock_infra_validator(trainer.outputs["model"], interaction_gen.outputs["examples"],
                                                infra_validator, tf_serving_tag)
     else:
-        serving_check = ServingCheck(model=trainer.outputs["model"], config=serving_check_config)
+        serving_check = ServingCheck(model=trainer.outputs["model"], items=item_gen.outputs["examples"],
+                                     config=serving_check_config)
 
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
@@ -209,7 +239,8 @@ def create_pipeline(
     )
 
     components = [interaction_gen, item_gen, i_stats, i_schema, i_validator, c_stats, c_schema, c_validator,
-                  gate, transform, embeddings_resolver, embedder, trainer, baseline_resolver, evaluator, serving_check, pusher, report]
+                  gate, transform, embeddings_resolver, embedder, trainer, *baseline_resolvers.values(),
+                  evaluator, serving_check, pusher, report]
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,

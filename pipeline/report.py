@@ -128,6 +128,9 @@ def build_plots(summary: dict) -> dict[str, bytes]:
         series = {"candidate": [candidate["overall"][m] for m in names]}
         if baseline:
             series["previous (baseline)"] = [baseline["overall"].get(m, 0.0) for m in names]
+        popular = (evaluation.get("baselines") or {}).get("most_popular")
+        if popular:
+            series["MostPopular"] = [popular["overall"].get(m, 0.0) for m in names]
         plots["metrics.png"] = _bars(names, series, "Full-catalogue retrieval metrics", "value")
         metric = evaluation.get("config", {}).get("baseline_metric", names[0])
         slices = [s for s, v in candidate["slices"].items() if v.get("users")]
@@ -153,6 +156,30 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def gate_rows(summary: dict) -> list[list[str]]:
+    """[gate, PASS/FAIL, the check with its numbers] for every check of both gates."""
+    rows = []
+    gates = (("evaluator", summary.get("evaluation") or {}), ("serving check", summary.get("serving") or {}))
+    for gate, result in gates:
+        for reason in result.get("reasons", []):
+            verdict, _, detail = reason.partition(" ")
+            rows.append([gate, verdict, detail])
+    return rows
+
+
+def model_rows(evaluation: dict) -> list[tuple[str, dict]]:
+    """(label, metrics) of the candidate, MostPopular, the latest pushed and the best recent blessed model."""
+    baselines = evaluation.get("baselines") or {}
+    window = len(baselines.get("blessed_window") or [])
+    rows = [("candidate", evaluation.get("candidate")),
+            ("MostPopular (train popularity)", baselines.get("most_popular")),
+            ("latest pushed", baselines.get("latest_pushed")),
+            (f"best of last {window} blessed", baselines.get("best_blessed"))]
+    if not baselines and evaluation.get("baseline"):
+        rows.append(("previous", evaluation["baseline"]))
+    return [(label, model) for label, model in rows if model]
+
+
 def render_html(summary: dict, plots: dict[str, bytes]) -> str:
     """The report page of a run summary, with `plots` embedded as data URIs."""
     def img(name):
@@ -173,9 +200,7 @@ def render_html(summary: dict, plots: dict[str, bytes]) -> str:
     parts.append(f"<p>Pushed: {'yes, to ' + html.escape(pushed) if pushed else 'no'}</p>")
     evaluation = summary.get("evaluation") or {}
     serving = summary.get("serving") or {}
-    checks = [["evaluator", r] for r in evaluation.get("reasons", [])]
-    checks += [["serving check", r] for r in serving.get("reasons", [])]
-    parts.append("<h2>Checks</h2>" + _table(["gate", "result"], checks))
+    parts.append("<h2>Gates</h2>" + _table(["gate", "result", "check (numbers)"], gate_rows(summary)))
 
     parts.append("<h2>Data</h2>" + img("data.png"))
     for source, splits in (summary.get("data") or {}).items():
@@ -185,13 +210,12 @@ def render_html(summary: dict, plots: dict[str, bytes]) -> str:
             parts.append(f"<h3>{html.escape(source)} / {html.escape(split)}: {info['examples']} rows</h3>"
                          + _table(["feature", "missing fraction", "unique", "min", "max"], rows))
 
-    parts.append("<h2>Model quality (candidate vs. previous blessed model)</h2>" + img("metrics.png"))
+    parts.append("<h2>Model quality (candidate vs. MostPopular and the baselines)</h2>" + img("metrics.png"))
     candidate, baseline = evaluation.get("candidate"), evaluation.get("baseline")
     if candidate:
         names = [m for m in candidate["overall"]]
-        rows = [["candidate", candidate["uri"]] + [candidate["overall"][m] for m in names]]
-        if baseline:
-            rows.append(["previous", baseline["uri"]] + [baseline["overall"].get(m, "") for m in names])
+        rows = [[label, model.get("uri", "")] + [model["overall"].get(m, "") for m in names]
+                for label, model in model_rows(evaluation)]
         parts.append(_table(["model", "uri"] + names, rows))
         parts.append("<h2>Slices</h2>" + img("slices.png"))
         slice_rows = []
@@ -232,8 +256,10 @@ def _summary(evaluation_uri, model_blessing, infra_blessing, statistics: dict, p
         metric = (evaluation.get("config") or {}).get("baseline_metric", "recall@50")
         value = ((evaluation.get("candidate") or {}).get("overall") or {}).get(metric)
         base = ((evaluation.get("baseline") or {}) or {}).get("overall", {}).get(metric)
+        popular = ((evaluation.get("baselines") or {}).get("most_popular") or {}).get("overall", {}).get(metric)
         reason = f"{metric} {value:.4f}" if value is not None else "all checks passed"
-        reason += f" vs. previous {base:.4f}" if base is not None else " (first model: no baseline)"
+        reason += f", MostPopular {popular:.4f}" if popular is not None else ""
+        reason += f", baseline {base:.4f}" if base is not None else " (first model: no baseline)"
         if serving.get("latency_ms"):
             reason += f"; p99 {serving['latency_ms']['p99']:.1f} ms"
     else:

@@ -1,9 +1,11 @@
 """The gates before Pusher: RetrievalEvaluator (ModelBlessing) and ServingCheck (InfraBlessing).
 
-* judge logic of both gates (no TensorFlow);
-* the real pipeline: after a good run (shared with tests/test_bad_data.py), a deliberately worse model
-  (TRAIN_STEPS=1: one gradient step) is not blessed and not pushed; the good version stays the latest
-  pushed and the latest blessed (the next run's baseline).
+* judge logic of both gates: every rule can fail (no TensorFlow), config validation, probe output checks;
+* the real pipeline: an untrained first model (TRAIN_STEPS=1, fresh output dir, no baseline) is not
+  blessed and nothing is pushed (it loses to MostPopular); after a good run (shared with
+  tests/test_bad_data.py), the same worse model is not blessed and not pushed; the good version stays
+  the latest pushed and the latest blessed (the next run's baseline).
+Five successive 4%-worse models: tests/test_gate_drift.py.
 """
 import json
 import os
@@ -15,37 +17,153 @@ import gate_pipeline_run as runs
 from pipeline.components.gate_config import EvaluationConfig, ServingCheckConfig
 
 
-def _metrics(recall):
-    return {"overall": {"recall@50": recall, "ndcg@50": recall / 2, "users": 10}, "slices": {}}
+def _metrics(recall, ndcg=0.2):
+    return {"overall": {"recall@50": recall, "ndcg@10": ndcg, "users": 10}, "slices": {}}
 
 
-def test_evaluator_judgement():
+CFG = EvaluationConfig(thresholds={"recall@50": 0.1}, popularity_metric="ndcg@10", popularity_margin=0.25,
+                       baseline_metric="recall@50", max_relative_drop=0.05)
+POPULAR = _metrics(0.15, ndcg=0.08)
+
+
+def test_evaluator_judgement_absolute_and_popularity():
     from pipeline.components.retrieval_evaluator import judge
 
-    cfg = EvaluationConfig(thresholds={"recall@50": 0.1}, baseline_metric="recall@50", max_relative_drop=0.05)
-    blessed, reasons = judge(_metrics(0.2), None, cfg)
-    assert blessed and any("no baseline" in r for r in reasons)
-    assert not judge(_metrics(0.05), None, cfg)[0]                     # below the absolute bound
-    assert judge(_metrics(0.19), _metrics(0.2), cfg)[0]                # within 5% of the baseline
-    blessed, reasons = judge(_metrics(0.15), _metrics(0.2), cfg)       # 25% worse than the baseline
-    assert not blessed and any(r.startswith("FAIL") and "baseline" in r for r in reasons)
-    assert not judge(_metrics(0.2), None, EvaluationConfig(thresholds={"recall@500": 0.1}))[0]
+    blessed, reasons = judge(_metrics(0.2), CFG, POPULAR)
+    assert blessed and any("no latest pushed model" in r for r in reasons), reasons
+    assert any(r.startswith("PASS ndcg@10 = 0.2000 >= MostPopular 0.0800 + 25% = 0.1000") for r in reasons)
+    assert not judge(_metrics(0.05), CFG, POPULAR)[0]                      # below the absolute bound
+    blessed, reasons = judge(_metrics(0.2, ndcg=0.09), CFG, POPULAR)        # beats popularity, not by 25%
+    assert not blessed and [r for r in reasons if r.startswith("FAIL")] == [
+        "FAIL ndcg@10 = 0.0900 < MostPopular 0.0800 + 25% = 0.1000"]
+    assert not judge(_metrics(0.2), CFG, None)[0]                           # MostPopular not scored: no blessing
+
+
+def test_evaluator_judgement_regression_against_pushed_and_best_blessed():
+    from pipeline.components.retrieval_evaluator import judge
+
+    assert judge(_metrics(0.19), CFG, POPULAR, latest_pushed=_metrics(0.2))[0]        # within 5%
+    blessed, reasons = judge(_metrics(0.15), CFG, POPULAR, latest_pushed=_metrics(0.2))
+    assert not blessed and any(r.startswith("FAIL") and "latest pushed model 0.2000" in r for r in reasons)
+    # Within 5% of the pushed model but not of the best recent blessed one: still no blessing.
+    blessed, reasons = judge(_metrics(0.19), CFG, POPULAR, latest_pushed=_metrics(0.195), best_blessed=_metrics(0.21))
+    assert not blessed and [r.split(" = ")[0] for r in reasons if r.startswith("FAIL")] == ["FAIL recall@50"]
+    assert any("best of the last 5 blessed models 0.2100" in r for r in reasons)
+
+
+def test_four_percent_losses_cannot_compound():
+    """Judged against the latest blessed model only, 4%-worse models pass forever; against the best
+    blessed one they stop once the drift passes 5%."""
+    from pipeline.components.retrieval_evaluator import judge
+
+    quality = [0.3 * 0.96 ** i for i in range(5)]
+    blessed = []
+    for i, value in enumerate(quality):
+        best = max((quality[j] for j in blessed), default=None)
+        if judge(_metrics(value, ndcg=1.0), CFG, POPULAR, best_blessed=None if best is None else _metrics(best))[0]:
+            blessed.append(i)
+    assert blessed == [0, 1]
+    chained = [judge(_metrics(q, ndcg=1.0), CFG, POPULAR, best_blessed=_metrics(prev))[0]
+               for prev, q in zip(quality, quality[1:])]
+    assert all(chained)    # why a window of blessed models (and the pushed one) is needed, not the latest
+
+
+@pytest.mark.parametrize("values, setting", [
+    ({"baseline_metric": "recal@50"}, "EvaluationConfig.baseline_metric (TOWER_RECS_EVAL_BASELINE_METRIC)"),
+    ({"popularity_metric": "ndcg@20"}, "EvaluationConfig.popularity_metric"),
+    ({"thresholds": {"recall@500": 0.1}}, "EvaluationConfig.thresholds"),
+    ({"thresholds": {"recall@50": 1.5}}, "EvaluationConfig.thresholds"),
+    ({"max_relative_drop": 1.0}, "EvaluationConfig.max_relative_drop"),
+    ({"popularity_margin": -1.5}, "EvaluationConfig.popularity_margin"),
+    ({"baseline_window": 0}, "EvaluationConfig.baseline_window"),
+    ({"ks": ()}, "EvaluationConfig.ks"),
+])
+def test_evaluation_config_errors_name_the_setting(values, setting):
+    with pytest.raises(ValueError) as error:
+        EvaluationConfig(**values)
+    assert setting in str(error.value)
+    if "metric" in setting or "thresholds" in setting and "1.5" not in str(values):
+        assert "valid names" in str(error.value) and "'recall@50'" in str(error.value)
+
+
+def test_gate_settings_are_checked_when_the_pipeline_is_built():
+    """A misspelt TOWER_RECS_EVAL_BASELINE_METRIC fails `pipeline.configs` (what the runners import)."""
+    from pipeline.overrides import from_env
+
+    with pytest.raises(ValueError, match="unknown metric 'recal@50'.*valid names"):
+        from_env(EvaluationConfig(), "EVAL", {"TOWER_RECS_EVAL_BASELINE_METRIC": "recal@50"})
+    with pytest.raises(ValueError, match="ServingCheckConfig.latency_calls"):
+        from_env(ServingCheckConfig(), "SERVING_CHECK", {"TOWER_RECS_SERVING_CHECK_LATENCY_CALLS": "0"})
+    cfg = from_env(EvaluationConfig(), "EVAL", {"TOWER_RECS_EVAL_KS": "[5, 20]",
+                                                 "TOWER_RECS_EVAL_THRESHOLDS": '{"recall@20": 0.1}',
+                                                 "TOWER_RECS_EVAL_POPULARITY_METRIC": "ndcg@5",
+                                                 "TOWER_RECS_EVAL_BASELINE_METRIC": "recall@20"})
+    assert EvaluationConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_most_popular_uses_train_popularity_and_exclusions():
+    from pipeline.components.retrieval_evaluator import EvalData, compute_metrics, most_popular_top
+
+    data = EvalData(users=["u1", "u2"], histories=[["a"], []], exclude=[["a"], []], relevant=[{"b"}, {"a"}],
+                    train_counts=[1, 0], cold_items=set(), catalogue_size=4)
+    top = most_popular_top(["a", "b", "c", "d"], data, 2)
+    assert top.tolist() == [["b", "c"], ["a", "b"]]
+    assert compute_metrics(top, data, [1])["overall"]["recall@1"] == 1.0
+
+
+def _probe_result(ids=("i1", "i2"), scores=(0.9, 0.5), records=3, **extra):
+    k = len(ids)
+    return {"ops_not_allowed": [], "signature_problems": [], "project_modules": [],
+            "warmup": {"file": True, "records": records, "errors": []},
+            "latency_ms": {"p50": 1.0, "p99": 2.0, "mean": 1.0, "calls": 5},
+            "probe_outputs": {"item_ids": {"shape": [1, k], "values": [list(ids)]},
+                              "scores": {"shape": [1, k], "values": [list(scores)]}}, **extra}
+
+
+CATALOGUE = {"i1", "i2", "i3"}
 
 
 def test_serving_check_judgement():
     from pipeline.components.serving_check import judge
 
-    good = {"ops_not_allowed": [], "signature_problems": [], "warmup": {"file": True, "records": 3, "errors": []},
-            "latency_ms": {"p50": 1.0, "p99": 2.0, "mean": 1.0, "calls": 5}, "project_modules": []}
-    cfg = ServingCheckConfig(max_p99_ms=100)
-    assert judge(good, cfg)[0]
+    cfg = ServingCheckConfig(max_p99_ms=100, probe_k=2)
+    blessed, reasons = judge(_probe_result(), cfg, CATALOGUE)
+    assert blessed, reasons
+    good = _probe_result()
     for bad in ({"ops_not_allowed": ["ScannSearch"]}, {"signature_problems": ["signature 'x' missing"]},
                 {"warmup": {"file": True, "records": 3, "errors": ["record 1: boom"]}},
                 {"warmup": {"file": False, "records": 0, "errors": []}},
+                {"warmup": {"file": True, "records": 0, "errors": []}},        # an empty warmup file
                 {"latency_ms": {"p50": 1.0, "p99": 500.0, "mean": 9.0, "calls": 5}},
+                {"latency_ms": None},
                 {"project_modules": ["trainer"]}, {"error": "probe exited with 1"}):
-        blessed, reasons = judge({**good, **bad}, cfg)
+        blessed, reasons = judge({**good, **bad}, cfg, CATALOGUE)
         assert not blessed, bad
+    reasons = judge({**good, "warmup": {"file": True, "records": 0, "errors": []}}, cfg, CATALOGUE)[1]
+    assert any(r.startswith("FAIL") and "no records" in r for r in reasons)
+
+
+@pytest.mark.parametrize("result, problem", [
+    (_probe_result(ids=("i1", "zz")), "not in the catalogue"),
+    (_probe_result(ids=("i1", "")), "not in the catalogue"),                 # padding where k items exist
+    (_probe_result(scores=(0.1, 0.9)), "not sorted descending"),
+    (_probe_result(scores=(0.9, float("-inf"))), "non-finite"),
+    (_probe_result(ids=("i1", "i1")), "repeat"),
+    (_probe_result(ids=("i1",), scores=(0.9,)), "k=2 not honoured"),
+    ({**_probe_result(), "probe_outputs": {}}, "returned nothing"),
+])
+def test_serving_check_probe_outputs(result, problem):
+    from pipeline.components.serving_check import judge
+
+    blessed, reasons = judge(result, ServingCheckConfig(probe_k=2), CATALOGUE)
+    assert not blessed
+    assert any(r.startswith("FAIL probe outputs") and problem in r for r in reasons), reasons
+
+
+def test_serving_check_without_catalogue_fails():
+    from pipeline.components.serving_check import judge
+
+    assert not judge(_probe_result(), ServingCheckConfig(probe_k=2), None)[0]
 
 
 def _artifacts(metadata_path, type_name):
@@ -96,9 +214,53 @@ def test_worse_model_is_not_blessed_and_not_pushed(tiny_encoder):
     assert blessed[-1][2]["current_model"] == good_model_uri
 
     line = runs.latest_line(run)
-    assert line.startswith("Model blessed: no") and "baseline" in line and "report: " in line, line
+    assert line.startswith("Model blessed: no") and "latest pushed model" in line and "report: " in line, line
     report = line.split("report: ")[-1]
     assert os.path.exists(report)
     with open(report, encoding="utf-8") as f:
         page = f.read()
     assert "Model blessed: no" in page and "data:image/png;base64," in page
+    assert "MostPopular (train popularity)" in page and "<td>FAIL</td>" in page
+
+
+@pytest.mark.e2e
+def test_untrained_first_model_is_not_blessed_and_nothing_is_pushed(tiny_encoder):
+    """`TOWER_RECS_TRAIN_STEPS=1` in a fresh output dir: no baseline exists, MostPopular still stops it."""
+    run = runs.good_run(tiny_encoder)
+    first = run["untrained"]
+    assert first["returncode"] == 0, first["stderr"]
+    assert first["versions"] == []                                   # nothing pushed
+    metadata = os.path.join(run["output"], "metadata", "tower-recs", "metadata.db")
+    blessing = _artifacts(metadata, "ModelBlessing")[0]
+    assert blessing[2]["blessed"] == 0 and os.path.exists(os.path.join(blessing[1], "NOT_BLESSED"))
+    assert _artifacts(metadata, "PushedModel")[0][2].get("pushed") == 0
+    with open(os.path.join(_artifacts(metadata, "ModelEvaluation")[0][1], "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["baseline"] is None and metrics["baselines"]["latest_pushed"] is None
+    fails = [r for r in metrics["reasons"] if r.startswith("FAIL")]
+    assert fails and all("MostPopular" in r for r in fails), metrics["reasons"]
+    metric = metrics["config"]["popularity_metric"]
+    assert metrics["candidate"]["overall"][metric] < metrics["baselines"]["most_popular"]["overall"][metric] * (
+        1 + metrics["config"]["popularity_margin"])
+
+
+def test_report_lists_every_gate_and_every_baseline():
+    from pipeline.report import gate_rows, model_rows, render_html
+
+    evaluation = {"reasons": ["PASS recall@50 = 0.2000 >= 0.1 (absolute threshold)",
+                              "FAIL ndcg@10 = 0.0900 < MostPopular 0.0800 + 25% = 0.1000"],
+                  "candidate": {"uri": "c", **_metrics(0.2)}, "baseline": {"uri": "p", **_metrics(0.21)},
+                  "baselines": {"most_popular": {"model": "MostPopular", **POPULAR},
+                                "latest_pushed": {"uri": "p", **_metrics(0.21)},
+                                "best_blessed": {"uri": "b", **_metrics(0.22)},
+                                "blessed_window": [{"uri": "b"}, {"uri": "p"}]},
+                  "config": {"baseline_metric": "recall@50"}, "data": {}}
+    summary = {"evaluation": evaluation, "serving": {"reasons": ["FAIL no assets.extra/tf_serving_warmup_requests"]},
+               "blessed": False, "reason": "r"}
+    assert gate_rows(summary) == [["evaluator", "PASS", "recall@50 = 0.2000 >= 0.1 (absolute threshold)"],
+                                  ["evaluator", "FAIL", "ndcg@10 = 0.0900 < MostPopular 0.0800 + 25% = 0.1000"],
+                                  ["serving check", "FAIL", "no assets.extra/tf_serving_warmup_requests"]]
+    assert [label for label, _ in model_rows(evaluation)] == [
+        "candidate", "MostPopular (train popularity)", "latest pushed", "best of last 2 blessed"]
+    page = render_html(summary, {})
+    assert page.count("<td>FAIL</td>") == 2 and "<td>0.2200</td>" in page

@@ -16,8 +16,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUPS = [(ModelConfig, "MODEL"), (EvaluationConfig, "EVAL"), (ServingCheckConfig, "SERVING_CHECK")]
 
 
-def _another_value(value, annotation):
+# Fields whose values the config checks (gate_config.py: metric names, ranges): a valid other value.
+CHECKED_FIELDS = {"baseline_metric": ("ndcg@50", "ndcg@50"), "popularity_metric": ("recall@10", "recall@10"),
+                  "thresholds": ({"recall@10": 0.25}, '{"recall@10": 0.25}'), "max_relative_drop": (0.1, "0.1")}
+
+
+def _another_value(value, annotation, name=""):
     """(a value of `annotation` unlike `value`, the text that sets it)."""
+    if name in CHECKED_FIELDS and CHECKED_FIELDS[name][0] != value:
+        return CHECKED_FIELDS[name]
     origin = typing.get_origin(annotation) or annotation
     if annotation is bool:
         return (not value), str(not value).lower()
@@ -38,7 +45,7 @@ def test_every_field_is_settable_from_the_environment(cls, group):
     hints = typing.get_type_hints(cls)
     default = cls()
     for field in dataclasses.fields(cls):
-        expected, text = _another_value(getattr(default, field.name), hints[field.name])
+        expected, text = _another_value(getattr(default, field.name), hints[field.name], field.name)
         changed = from_env(default, group, {f"TOWER_RECS_{group}_{field.name.upper()}": text})
         assert getattr(changed, field.name) == expected, field.name
         assert type(getattr(changed, field.name)) is type(expected), field.name

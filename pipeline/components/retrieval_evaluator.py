@@ -17,10 +17,15 @@ overall and on slices:
   heavy_users  users with train count  > the median train count
 
 Blessing (written as TFX's Evaluator does: `blessed` custom property 1/0, BLESSED / NOT_BLESSED
-file, `current_model[_id]`, `baseline_model[_id]`, so Pusher and LatestBlessedModelStrategy read it):
-  * every absolute threshold `{metric: minimum}` holds for the candidate, and
-  * with a baseline (the latest blessed model), candidate[metric] >= baseline[metric] * (1 - max_relative_drop).
-A first run (no baseline) is judged on the absolute thresholds alone.
+file, `current_model[_id]`, `baseline_model[_id]`, so Pusher and LatestBlessedModelStrategy read it),
+every check on the same eval users, exclusions and full catalogue (`judge`):
+  * every absolute threshold `{metric: minimum}` holds for the candidate;
+  * MostPopular (train-split popularity) is beaten: candidate >= most_popular * (1 + popularity_margin)
+    on `popularity_metric`, so a first model worse than popularity is never blessed;
+  * no regression: candidate >= baseline * (1 - max_relative_drop) on `baseline_metric` against the
+    latest *pushed* model and against the best of the last `baseline_window` blessed models (resolved
+    over ML Metadata by `baseline_resolvers.py`, re-scored on today's data), so small losses cannot
+    compound run after run.
 
 Outputs: `evaluation` (ModelEvaluation) holds `metrics.json` (see `EvalResult` layout in
 `evaluate_and_judge`); `blessing` (ModelBlessing).
@@ -49,7 +54,8 @@ BLESSED_FILE = "BLESSED"          # tfx.components.evaluator.constants.BLESSED_F
 NOT_BLESSED_FILE = "NOT_BLESSED"  # tfx.components.evaluator.constants.NOT_BLESSED_FILE_NAME
 
 MODEL_KEY = "model"
-BASELINE_MODEL_KEY = "baseline_model"
+PUSHED_MODEL_KEY = "pushed_model"
+BLESSED_MODELS_KEY = "blessed_models"
 EXAMPLES_KEY = "examples"
 ITEMS_KEY = "items"
 CONFIG_KEY = "config"
@@ -231,8 +237,63 @@ def evaluate_model(model_dir: str, data: EvalData, ks: Sequence[int], batch_size
     return metrics
 
 
-def judge(candidate: dict, baseline: Optional[dict], cfg: EvaluationConfig) -> tuple[bool, list[str]]:
-    """(blessed, reasons): one reason per check, prefixed PASS / FAIL."""
+# -- MostPopular ---------------------------------------------------------------------------------
+def popularity_ranking(examples: types.Artifact, items: Optional[types.Artifact]) -> list:
+    """Every catalogue item, most train interactions first (ties and unseen items by id).
+
+    One pass over the train split through the one reader, batch by batch; counted with numpy.
+    """
+    import collections
+
+    import numpy as np
+
+    counts: collections.Counter = collections.Counter()
+    for batch in example_reader.read_record_batches(_split_pattern(examples, contract.TRAIN_SPLIT),
+                                                    example_reader.INTERACTIONS_SCHEMA, [contract.ITEM_ID]):
+        ids, n = np.unique(example_reader.first_values(batch.column(0)).astype(object), return_counts=True)
+        counts.update(dict(zip(ids.tolist(), n.tolist())))
+    catalogue = set(counts)
+    if items is not None:
+        catalogue |= set(example_reader.read_columns(_split_pattern(items, contract.ITEMS_SPLIT),
+                                                     example_reader.ITEMS_SCHEMA, [contract.ITEM_ID])[contract.ITEM_ID])
+    ranked = sorted(catalogue, key=lambda item: (-counts.get(item, 0), item))
+    return [item.decode("utf-8") if isinstance(item, bytes) else item for item in ranked]
+
+
+def most_popular_top(ranking: Sequence[str], data: EvalData, k: int) -> "Any":
+    """Top-k ids [U, k] of MostPopular for the eval users: `ranking` without each user's train items."""
+    import numpy as np
+
+    top = np.full([len(data.users), k], contract.PAD, dtype=object)
+    for row, exclude in enumerate(data.exclude):
+        # At most k + |exclude| items are looked at per user.
+        seen = set(exclude)
+        picked = [item for item in ranking[:k + len(seen)] if item not in seen][:k]
+        top[row, :len(picked)] = picked
+    return top
+
+
+def evaluate_most_popular(ranking: Sequence[str], data: EvalData, ks: Sequence[int]) -> dict[str, Any]:
+    """`compute_metrics` of MostPopular (train-split popularity, same users, exclusions and catalogue)."""
+    start = time.time()
+    metrics = compute_metrics(most_popular_top(ranking, data, max(ks)), data, ks)
+    metrics["model"] = "MostPopular"
+    metrics["seconds"] = round(time.time() - start, 2)
+    return metrics
+
+
+# -- judging -------------------------------------------------------------------------------------
+def judge(candidate: dict, cfg: EvaluationConfig, most_popular: Optional[dict] = None,
+          latest_pushed: Optional[dict] = None, best_blessed: Optional[dict] = None) -> tuple[bool, list[str]]:
+    """(blessed, reasons): one reason per check, prefixed PASS / FAIL, with the numbers.
+
+    Checks: every absolute threshold; candidate >= MostPopular * (1 + popularity_margin) on
+    `popularity_metric` (MostPopular missing is a FAIL); candidate >= baseline * (1 - max_relative_drop)
+    on `baseline_metric` for the latest pushed model and for the best recent blessed model (each
+    skipped, with a PASS line saying so, when there is none).
+
+        blessed, reasons = judge(candidate, EvaluationConfig(), most_popular=popular, latest_pushed=pushed)
+    """
     reasons = []
     overall = candidate["overall"]
     for metric, minimum in sorted(cfg.thresholds.items()):
@@ -243,27 +304,44 @@ def judge(candidate: dict, baseline: Optional[dict], cfg: EvaluationConfig) -> t
             reasons.append(f"PASS {metric} = {value:.4f} >= {minimum} (absolute threshold)")
         else:
             reasons.append(f"FAIL {metric} = {value:.4f} < {minimum} (absolute threshold)")
-    if baseline is None:
-        reasons.append("PASS no baseline (first blessed model): judged on absolute thresholds only")
+
+    metric = cfg.popularity_metric
+    if most_popular is None or metric not in most_popular["overall"] or metric not in overall:
+        reasons.append(f"FAIL {metric}: MostPopular baseline not scored")
     else:
-        metric = cfg.baseline_metric
-        value, base = overall.get(metric, 0.0), baseline["overall"].get(metric, 0.0)
+        value, base = overall[metric], most_popular["overall"][metric]
+        floor = base * (1.0 + cfg.popularity_margin)
+        ok = value >= floor
+        reasons.append(f"{'PASS' if ok else 'FAIL'} {metric} = {value:.4f} {'>=' if ok else '<'} MostPopular "
+                       f"{base:.4f} + {cfg.popularity_margin:.0%} = {floor:.4f}")
+
+    metric = cfg.baseline_metric
+    for name, baseline in (("latest pushed model", latest_pushed),
+                           (f"best of the last {cfg.baseline_window} blessed models", best_blessed)):
+        if baseline is None:
+            reasons.append(f"PASS no {name} yet: no regression check against it")
+            continue
+        value, base = overall.get(metric), baseline["overall"].get(metric)
+        if value is None or base is None:
+            reasons.append(f"FAIL {metric}: not computed for the candidate or the {name}")
+            continue
         floor = base * (1.0 - cfg.max_relative_drop)
-        verdict = "PASS" if value >= floor else "FAIL"
-        relation = ">=" if value >= floor else "<"
-        reasons.append(f"{verdict} {metric} = {value:.4f} {relation} baseline {base:.4f} - "
-                       f"{cfg.max_relative_drop:.0%} = {floor:.4f}")
+        ok = value >= floor
+        reasons.append(f"{'PASS' if ok else 'FAIL'} {metric} = {value:.4f} {'>=' if ok else '<'} {name} "
+                       f"{base:.4f} - {cfg.max_relative_drop:.0%} = {floor:.4f}")
     return all(r.startswith("PASS") for r in reasons), reasons
 
 
 # -- TFX component -------------------------------------------------------------------------------
 class RetrievalEvaluatorSpec(component_spec.ComponentSpec):
-    """Inputs: model, optional baseline_model, interaction and item examples; outputs: evaluation, blessing."""
+    """Inputs: model, the optional baselines (latest pushed, recent blessed), interaction and item
+    examples; outputs: evaluation, blessing."""
 
     PARAMETERS = {CONFIG_KEY: component_spec.ExecutionParameter(type=str)}
     INPUTS = {
         MODEL_KEY: component_spec.ChannelParameter(type=standard_artifacts.Model),
-        BASELINE_MODEL_KEY: component_spec.ChannelParameter(type=standard_artifacts.Model, optional=True),
+        PUSHED_MODEL_KEY: component_spec.ChannelParameter(type=standard_artifacts.Model, optional=True),
+        BLESSED_MODELS_KEY: component_spec.ChannelParameter(type=standard_artifacts.Model, optional=True),
         EXAMPLES_KEY: component_spec.ChannelParameter(type=standard_artifacts.Examples),
         ITEMS_KEY: component_spec.ChannelParameter(type=standard_artifacts.Examples),
     }
@@ -273,15 +351,22 @@ class RetrievalEvaluatorSpec(component_spec.ComponentSpec):
     }
 
 
+def _with_artifact(metrics: dict, artifact: types.Artifact) -> dict:
+    return {"uri": artifact.uri, "id": artifact.id, **metrics}
+
+
 class RetrievalEvaluatorExecutor(base_executor.BaseExecutor):
-    """Evaluates the candidate (and the baseline) and writes the evaluation and the ModelBlessing."""
+    """Evaluates the candidate, MostPopular and the baselines, and writes the evaluation and the ModelBlessing."""
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
         """Runs the evaluation; `exec_properties["config"]` is an `EvaluationConfig.to_json()`."""
         start = time.time()
         cfg = EvaluationConfig.from_json(exec_properties.get(CONFIG_KEY) or "")
         model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
-        baseline_model = (input_dict.get(BASELINE_MODEL_KEY) or [None])[0]
+        pushed_model = (input_dict.get(PUSHED_MODEL_KEY) or [None])[0]
+        # Newest first (TFX hands resolved artifacts over in id order, whatever the resolver returned).
+        blessed_models = sorted(input_dict.get(BLESSED_MODELS_KEY) or [], key=lambda a: a.id,
+                                reverse=True)[:cfg.baseline_window]
         examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
         items = (input_dict.get(ITEMS_KEY) or [None])[0]
         evaluation = artifact_utils.get_single_instance(output_dict[EVALUATION_KEY])
@@ -290,26 +375,42 @@ class RetrievalEvaluatorExecutor(base_executor.BaseExecutor):
         data = load_eval_data(examples, items, max_users=cfg.max_users)
         logging.info("RetrievalEvaluator: %d of %d eval users, %d cold items, catalogue %d",
                      len(data.users), data.total_users, len(data.cold_items), data.catalogue_size)
-        candidate = evaluate_model(path_utils.serving_model_path(model.uri), data, cfg.ks, cfg.batch_size)
-        baseline = None
-        if baseline_model is not None:
-            if baseline_model.uri == model.uri:
-                baseline = candidate
-            else:
-                baseline = evaluate_model(path_utils.serving_model_path(baseline_model.uri), data, cfg.ks,
-                                          cfg.batch_size)
-        blessed, reasons = judge(candidate, baseline, cfg)
+        scored: dict[str, dict] = {}
+
+        def score(artifact: types.Artifact) -> dict:
+            # Every model is scored on today's eval data; one SavedModel load per distinct model.
+            if artifact.uri not in scored:
+                scored[artifact.uri] = _with_artifact(evaluate_model(
+                    path_utils.serving_model_path(artifact.uri), data, cfg.ks, cfg.batch_size), artifact)
+            return scored[artifact.uri]
+
+        candidate = score(model)
+        most_popular = evaluate_most_popular(popularity_ranking(examples, items), data, cfg.ks)
+        latest_pushed = score(pushed_model) if pushed_model is not None else None
+        window = [score(m) for m in blessed_models]
+        best_blessed = max(window, key=lambda m: m["overall"].get(cfg.baseline_metric, 0.0), default=None)
+        blessed, reasons = judge(candidate, cfg, most_popular, latest_pushed, best_blessed)
+        # The regression baseline to show first: the stronger of the two.
+        baseline = max((b for b in (latest_pushed, best_blessed) if b is not None),
+                       key=lambda m: m["overall"].get(cfg.baseline_metric, 0.0), default=None)
         message = "; ".join(r for r in reasons if r.startswith("FAIL")) or "all checks passed"
         result = {
             "blessed": blessed,
             "message": message,
             "reasons": reasons,
             "config": dataclasses.asdict(cfg),
-            "candidate": {"uri": model.uri, "id": model.id, **candidate},
-            "baseline": None if baseline is None else {"uri": baseline_model.uri, "id": baseline_model.id,
-                                                        **baseline},
+            "candidate": candidate,
+            "baseline": baseline,
+            "baselines": {
+                "most_popular": most_popular,
+                "latest_pushed": latest_pushed,
+                "best_blessed": best_blessed,
+                "blessed_window": [{"uri": m["uri"], "id": m["id"],
+                                    cfg.baseline_metric: m["overall"].get(cfg.baseline_metric)} for m in window],
+            },
             "data": {"eval_users": len(data.users), "eval_users_total": data.total_users,
                      "eval_users_sampled": len(data.users) < data.total_users, "cold_items": len(data.cold_items),
+                     "new_users": sum(1 for c in data.train_counts if c == 0),
                      "catalogue_size": data.catalogue_size,
                      "median_train_count": float(sorted(data.train_counts)[len(data.train_counts) // 2])
                      if data.train_counts else 0.0},
@@ -322,9 +423,9 @@ class RetrievalEvaluatorExecutor(base_executor.BaseExecutor):
         # Exactly what Pusher (`blessed`) and LatestBlessedModelStrategy (`current_model_id`) read.
         blessing.set_string_custom_property("current_model", model.uri)
         blessing.set_int_custom_property("current_model_id", model.id)
-        if baseline_model is not None:
-            blessing.set_string_custom_property("baseline_model", baseline_model.uri)
-            blessing.set_int_custom_property("baseline_model_id", baseline_model.id)
+        if baseline is not None:
+            blessing.set_string_custom_property("baseline_model", baseline["uri"])
+            blessing.set_int_custom_property("baseline_model_id", baseline["id"])
         blessing.set_string_custom_property("blessing_message", message[:2000])
         io_utils.write_string_file(os.path.join(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE), "")
         blessing.set_int_custom_property("blessed", int(blessed))
@@ -333,11 +434,12 @@ class RetrievalEvaluatorExecutor(base_executor.BaseExecutor):
 
 
 class RetrievalEvaluator(base_component.BaseComponent):
-    """Full-catalogue retrieval evaluation of `model` (vs. `baseline_model`) -> ModelBlessing.
+    """Full-catalogue retrieval evaluation of `model` vs. MostPopular and the baselines -> ModelBlessing.
 
         evaluator = RetrievalEvaluator(model=trainer.outputs["model"], examples=interaction_gen.outputs["examples"],
                                        items=item_gen.outputs["examples"],
-                                       baseline_model=resolver.outputs["model"], config=EvaluationConfig())
+                                       pushed_model=pushed_resolver.outputs["model"],
+                                       blessed_models=recent_resolver.outputs["model"], config=EvaluationConfig())
 
     Outputs: `evaluation` (ModelEvaluation, metrics.json) and `blessing` (ModelBlessing, read by Pusher).
     """
@@ -346,10 +448,11 @@ class RetrievalEvaluator(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(RetrievalEvaluatorExecutor)
 
     def __init__(self, model: types.BaseChannel, examples: types.BaseChannel, items: types.BaseChannel,
-                 baseline_model: Optional[types.BaseChannel] = None,
+                 pushed_model: Optional[types.BaseChannel] = None,
+                 blessed_models: Optional[types.BaseChannel] = None,
                  config: Optional[EvaluationConfig] = None):
         spec = RetrievalEvaluatorSpec(
-            model=model, baseline_model=baseline_model, examples=examples, items=items,
+            model=model, pushed_model=pushed_model, blessed_models=blessed_models, examples=examples, items=items,
             config=(config or EvaluationConfig()).to_json(),
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing),

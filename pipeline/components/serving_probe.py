@@ -13,6 +13,7 @@ file), and writes a JSON result:
                       "warmup_file", serving.layout.WARMUP_FILE); a record TF Serving with --enable_batching
                       would reject (an input without a batch dimension, or unequal ones) is an error
   latency_ms          {"p50": .., "p99": .., "mean": .., "calls": n} of serving_default at batch 1
+  probe_outputs       {output name: {"shape": [...], "values": [[...]]}} the latency request returned
   project_modules     project modules found in sys.modules (must be empty)
 """
 import json
@@ -136,6 +137,13 @@ def main(request_path, result_path):
             times.append((time.perf_counter() - start) * 1000.0)
         latency = {"p50": _percentile(times, 50), "p99": _percentile(times, 99),
                    "mean": sum(times) / len(times), "calls": len(times)}
+        # What the probe's request returned, for ServingCheck to check (shapes, ids, order, k).
+        outputs = fn(**inputs)
+        result["probe_outputs"] = {
+            name: {"shape": [int(d) for d in value.shape],
+                   "values": [[v.decode("utf-8", "replace") if isinstance(v, bytes) else float(v) for v in row]
+                              for row in value.numpy().reshape([value.shape[0], -1]).tolist()]}
+            for name, value in outputs.items()}
     result["latency_ms"] = latency
     prefixes = tuple(request.get("project_packages", []))
     result["project_modules"] = sorted(m for m in sys.modules if prefixes and m.split(".")[0] in prefixes)
