@@ -121,14 +121,14 @@ class TreeRss:
         return max((rss for t, rss in self.samples if start <= t <= end), default=0)
 
 
-def component_times(metadata_db: str, started: float) -> dict[str, tuple[float, float]]:
-    """{node id: (start, end) epoch seconds} of the executions ML Metadata recorded since `started`."""
+def component_times(metadata_db: str, started: float, until: float = 4e9) -> dict[str, tuple[float, float]]:
+    """{node id: (start, end) epoch seconds} of the executions ML Metadata recorded in [started, until)."""
     con = sqlite3.connect(metadata_db)
     rows = con.execute(
         "SELECT c.name, e.create_time_since_epoch, e.last_update_time_since_epoch FROM Execution e "
         "JOIN Association a ON a.execution_id = e.id JOIN Context c ON c.id = a.context_id "
-        "JOIN Type t ON t.id = c.type_id WHERE t.name = 'node' AND e.create_time_since_epoch >= ?",
-        (int(started * 1000),)).fetchall()
+        "JOIN Type t ON t.id = c.type_id WHERE t.name = 'node' AND e.create_time_since_epoch >= ? "
+        "AND e.create_time_since_epoch < ?", (int(started * 1000), int(until * 1000))).fetchall()
     con.close()
     out = {}
     for name, start, end in rows:
@@ -169,7 +169,7 @@ def run_pipeline(name: str, data: str, beam_args: Optional[str] = None, fresh: b
             "load_average": list(os.getloadavg()), "beam_pipeline_args": beam_args or "default"}
 
 
-def partial_run(name: str, started: float, note: str) -> dict:
+def partial_run(name: str, started: float, note: str, until: float = 4e9) -> dict:
     """A run stopped before its end (e.g. at a deadline): the components ML Metadata saw finish, no RSS."""
     db = os.path.join(WORK_DIR, "runs", name, "metadata", f"scaling-{name}", "metadata.db")
     con = sqlite3.connect(db)
@@ -177,7 +177,7 @@ def partial_run(name: str, started: float, note: str) -> dict:
         "SELECT c.name FROM Execution e JOIN Association a ON a.execution_id = e.id JOIN Context c "
         "ON c.id = a.context_id JOIN Type t ON t.id = c.type_id WHERE t.name = 'node' AND e.last_known_state = 3")}
     con.close()
-    times = component_times(db, started)
+    times = component_times(db, started, until)
     return {"complete": False, "note": note, "wall_seconds": None, "peak_rss_mb": None,
             "components": {node: {"seconds": round(end - start, 2), "peak_rss_mb": None}
                            for node, (start, end) in sorted(times.items(), key=lambda kv: kv[1][0]) if node in done},
