@@ -140,8 +140,10 @@ def test_serving_check_passes_on_the_ivf_model_and_walks_its_ops(ivf_model):
     _, version_dir = ivf_model
     assert {"RaggedRange", "LowerBound", "TopKV2"} <= graph_op_names(version_dir)   # the IVF path is exported
     cfg = ServingCheckConfig(latency_calls=5)
-    blessed, reasons = judge(probe(version_dir, cfg), cfg)
+    catalogue = {f"item_{i}" for i in range(400)}     # build_synthetic_model's ids
+    blessed, reasons = judge(probe(version_dir, cfg), cfg, catalogue)
     assert blessed, reasons
+    assert any(r.startswith("PASS probe outputs") for r in reasons), reasons
     assert "PASS all graph ops are in TF core 2.16 + TF Text 2.12" in reasons
 
 

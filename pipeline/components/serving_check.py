@@ -171,13 +171,12 @@ def judge(result: dict, cfg: ServingCheckConfig, catalogue: Optional[set] = None
 
 
 def read_catalogue(items: types.Artifact) -> set:
-    """The item ids of the items ExampleGen output."""
-    import tensorflow as tf
+    """The item ids (str) of the items ExampleGen output, read through the one reader."""
+    from pipeline import example_reader
 
-    from pipeline.components.retrieval_evaluator import _split_files, read_columns
-
-    files = _split_files(items, contract.ITEMS_SPLIT)
-    return set(read_columns(files, {contract.ITEM_ID: (tf.string, "")})[contract.ITEM_ID])
+    ids = example_reader.read_columns(example_reader.split_pattern(items, contract.ITEMS_SPLIT),
+                                      example_reader.ITEMS_SCHEMA, [contract.ITEM_ID])[contract.ITEM_ID]
+    return {i.decode("utf-8") if isinstance(i, bytes) else i for i in ids.tolist()}
 
 
 class ServingCheckSpec(component_spec.ComponentSpec):
