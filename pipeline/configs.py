@@ -85,9 +85,13 @@ TRAINER_ACCELERATOR = env("TRAINER_ACCELERATOR", "NVIDIA_TESLA_T4")
 if TRAINER_GPUS > 0 and env("MODEL_REQUIRE_GPU") is None:
     MODEL_CONFIG = dataclasses.replace(MODEL_CONFIG, require_gpu=True)
 
-# Beam's DirectRunner on every core by default (one worker process per core: 0 = os.cpu_count());
-# TOWER_RECS_BEAM_PIPELINE_ARGS replaces them, e.g. "--direct_num_workers=1" or --runner=DataflowRunner ...
-DEFAULT_BEAM_PIPELINE_ARGS = "--direct_running_mode=multi_processing --direct_num_workers=0"
+# Beam's DirectRunner: one in-process worker by default. One worker process per core was measured slower on
+# every Beam component at 150k interactions (0.17-0.79x, benchmarks/results/scaling.md: each worker process
+# imports TensorFlow), so it is opt-in: TOWER_RECS_BEAM_PIPELINE_ARGS="<EVERY_CORE_BEAM_PIPELINE_ARGS>".
+# TOWER_RECS_BEAM_PIPELINE_ARGS replaces the default, e.g. with those or --runner=DataflowRunner ...
+SINGLE_WORKER_BEAM_PIPELINE_ARGS = "--direct_running_mode=in_memory --direct_num_workers=1"
+EVERY_CORE_BEAM_PIPELINE_ARGS = "--direct_running_mode=multi_processing --direct_num_workers=0"
+DEFAULT_BEAM_PIPELINE_ARGS = SINGLE_WORKER_BEAM_PIPELINE_ARGS
 BEAM_PIPELINE_ARGS = env("BEAM_PIPELINE_ARGS", DEFAULT_BEAM_PIPELINE_ARGS).split()
 # TOWER_RECS_BEAM_RUNNER=dataflow|flink|spark replaces those with the cluster runner's args, validated here.
 BEAM_PIPELINE_ARGS = beam_runners.beam_pipeline_args(default_args=BEAM_PIPELINE_ARGS)

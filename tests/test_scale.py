@@ -72,18 +72,18 @@ def test_duplicated_catalogue_ids_are_named_with_their_count(tmp_path):
     assert repr(items.loc[4, "item_id"]) in dup[0] and repr(items.loc[8, "item_id"]) in dup[0]
 
 
-# -- Beam on every core by default ------------------------------------------------------------------------
-def test_beam_uses_every_core_by_default_and_the_env_overrides_it(monkeypatch):
+# -- Beam: one in-process worker by default, every core one setting away -------------------------------
+def test_beam_default_is_one_worker_and_the_env_selects_every_core(monkeypatch):
     import importlib
 
     from pipeline import configs
 
     monkeypatch.delenv("TOWER_RECS_BEAM_PIPELINE_ARGS", raising=False)
     default = importlib.reload(configs).pipeline_kwargs()["beam_pipeline_args"]
-    assert default == ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
-    monkeypatch.setenv("TOWER_RECS_BEAM_PIPELINE_ARGS", "--direct_running_mode=in_memory --direct_num_workers=1")
+    assert default == ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    monkeypatch.setenv("TOWER_RECS_BEAM_PIPELINE_ARGS", configs.EVERY_CORE_BEAM_PIPELINE_ARGS)
     assert importlib.reload(configs).pipeline_kwargs()["beam_pipeline_args"] == [
-        "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+        "--direct_running_mode=multi_processing", "--direct_num_workers=0"]
     monkeypatch.delenv("TOWER_RECS_BEAM_PIPELINE_ARGS")
     importlib.reload(configs)
 
