@@ -240,9 +240,11 @@ def test_local_and_kubeflow_pipelines_are_the_same_definition(compiled):
     assert len(kfp["ids"]) >= 2
     # The one intended difference: KFP v2 compiles only TFX's stock resolver strategies, so the evaluator's
     # baselines come from LatestBlessedModelResolver there (pipeline.create_pipeline(baseline_resolution=...)).
+    # The catalogue-embeddings cache uses LatestArtifactStrategy, a stock strategy, so it is in both.
     local_only, kfp_only = {"LatestPushedModelResolver", "RecentBlessedModelsResolver"}, {"LatestBlessedModelResolver"}
-    assert {s[0] for s in local["shape"] if s[1] == "Resolver"} == local_only
-    assert {s[0] for s in kfp["shape"] if s[1] == "Resolver"} == kfp_only
+    shared = {"LatestCatalogEmbeddingsResolver"}
+    assert {s[0] for s in local["shape"] if s[1] == "Resolver"} == local_only | shared
+    assert {s[0] for s in kfp["shape"] if s[1] == "Resolver"} == kfp_only | shared
 
     def same(facts, resolvers):
         shape = [s for s in facts["shape"] if s[0] not in resolvers]
