@@ -5,10 +5,11 @@
 For each size, `data.sample` writes synthetic data (catalogue growing with it), then the pipeline runs
 exactly as `make run` runs it (`tfx pipeline create|update` + `tfx run create --engine local`, settings
 from the environment) three times:
-  first    a fresh pipeline root (no cache);
-  rerun    the same pipeline after 1% new interactions on 1% new items (`--skip-rerun` to skip);
-  1worker  a fresh root with one in-process Beam worker (the pipeline's default), against first/rerun, which run
-           one worker process per core (only at the sizes given by `--worker-sizes`).
+  first     a fresh pipeline root (no cache), the pipeline's default Beam settings (one in-process worker);
+  rerun     the same pipeline after 1% new interactions on 1% new items (`--skip-rerun` to skip);
+  allcores  a fresh root with one Beam worker process per core (`configs.EVERY_CORE_BEAM_PIPELINE_ARGS`),
+            against first (only at the sizes given by `--worker-sizes`).
+The 150k comparison of 1 worker vs every core that made one worker the default is in scaling_150k_workers.md.
 Per component, the wall time is its execution's create -> last update in ML Metadata; the peak RSS is
 the largest sum of the RSS of the whole process tree of `tfx run create` sampled every 0.5 s while that
 component ran. Finished (size, run) pairs are kept in the JSON and skipped when run again, so the
@@ -36,11 +37,9 @@ SIZES = {
     "1.5M": (30_000, 60_000, 1_500_000),
     "5M": (60_000, 300_000, 5_000_000),
 }
-# first/rerun use every core (configs.EVERY_CORE_BEAM_PIPELINE_ARGS), 1worker the default single worker, so the
-# committed results stay comparable (every core was the default when they were measured).
-DEFAULT_ARGS = "--direct_running_mode=multi_processing --direct_num_workers=0"
-ONE_WORKER_ARGS = "--direct_running_mode=in_memory --direct_num_workers=1"
-RUNS = ("first", "rerun", "1worker")
+# first/rerun run `make run`'s settings (None: the environment's, i.e. the pipeline default of one worker).
+EVERY_CORE_ARGS = "--direct_running_mode=multi_processing --direct_num_workers=0"
+RUNS = ("first", "rerun", "allcores")
 # Components whose work is Beam (compared 1 vs N workers).
 BEAM_COMPONENTS = ("InteractionExampleGen", "ItemExampleGen", "InteractionStatisticsGen", "ItemStatisticsGen",
                    "AnomalyGate", "Transform")
@@ -266,12 +265,12 @@ def write_markdown(results: dict, path: str) -> None:
         lines.append("| **whole run** | " + " | ".join(
             f"**{r['wall_seconds']:.0f}**" if r.get("complete", True) else "incomplete" for r in runs.values())
             + f" | | | {runs.get('first', {}).get('peak_rss_mb') or '–'} |")
-        if "first" in runs and "1worker" in runs:
-            lines += ["", f"Beam on every core (`{DEFAULT_ARGS}`) vs a single worker (`{ONE_WORKER_ARGS}`, the pipeline's default), "
+        if "first" in runs and "allcores" in runs:
+            lines += ["", f"Beam on every core (`{EVERY_CORE_ARGS}`) vs the default single in-process worker, "
                       "rows/s per Beam component:", "",
                       "| component | 1 worker rows/s | every core rows/s | speedup |", "|---|---|---|---|"]
             for node in BEAM_COMPONENTS:
-                one, every = (runs[r]["components"].get(node, {}).get("seconds") for r in ("1worker", "first"))
+                one, every = (runs[r]["components"].get(node, {}).get("seconds") for r in ("first", "allcores"))
                 if one and every:
                     lines.append(f"| {node} | {_rows(node, rows) / one:,.0f} | {_rows(node, rows) / every:,.0f} | "
                                  f"{one / every:.2f}x |")
@@ -319,7 +318,7 @@ def write_plot(results: dict, path: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="150k,1.5M,5M", help=f"comma-separated of {list(SIZES)}")
-    parser.add_argument("--worker-sizes", default="150k", help="sizes that also run with one Beam worker")
+    parser.add_argument("--worker-sizes", default="", help="sizes that also run with a Beam worker per core")
     parser.add_argument("--skip-rerun", action="store_true", help="no rerun with 1%% new data")
     parser.add_argument("--out", default=os.path.join(PROJECT_DIR, "benchmarks", "results"))
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated of {list(RUNS)}")
@@ -338,14 +337,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for size in sizes:
         make_data(size)
         entry = results["sizes"].setdefault(size, {"rows": count_rows(data_dir(size)), "runs": {}})
-        plan = [("first", lambda: run_pipeline(size, data_dir(size), DEFAULT_ARGS))]
+        plan = [("first", lambda: run_pipeline(size, data_dir(size)))]
         if not args.skip_rerun:
             def rerun(size=size):
                 make_rerun_data(size)
-                return run_pipeline(size, data_dir(size, rerun=True), DEFAULT_ARGS, fresh=False)
+                return run_pipeline(size, data_dir(size, rerun=True), fresh=False)
             plan.append(("rerun", rerun))
         if size in args.worker_sizes.split(","):
-            plan.append(("1worker", lambda: run_pipeline(f"{size}-1worker", data_dir(size), ONE_WORKER_ARGS)))
+            plan.append(("allcores", lambda: run_pipeline(f"{size}-allcores", data_dir(size), EVERY_CORE_ARGS)))
         for run_name, run in plan:
             if run_name not in args.runs.split(","):
                 continue

@@ -86,7 +86,7 @@ if TRAINER_GPUS > 0 and env("MODEL_REQUIRE_GPU") is None:
     MODEL_CONFIG = dataclasses.replace(MODEL_CONFIG, require_gpu=True)
 
 # Beam's DirectRunner: one in-process worker by default. One worker process per core was measured slower on
-# every Beam component at 150k interactions (0.17-0.79x, benchmarks/results/scaling.md: each worker process
+# every Beam component at 150k interactions (0.17-0.79x, benchmarks/results/scaling_150k_workers.md: each worker process
 # imports TensorFlow), so it is opt-in: TOWER_RECS_BEAM_PIPELINE_ARGS="<EVERY_CORE_BEAM_PIPELINE_ARGS>".
 # TOWER_RECS_BEAM_PIPELINE_ARGS replaces the default, e.g. with those or --runner=DataflowRunner ...
 SINGLE_WORKER_BEAM_PIPELINE_ARGS = "--direct_running_mode=in_memory --direct_num_workers=1"
