@@ -77,6 +77,8 @@ bench-quality: setup encoder  ## Recall/NDCG vs MostPopular and EASE on ml-lates
 
 bench-warm-start: setup encoder  ## Warm-started vs cold retrain on the next time span of ml-latest-small: time, Recall/NDCG.
 	$(PY) -m benchmarks.warm_start --data $(MOVIELENS) --format auto --out benchmarks/results --tune
+	$(PY) -m benchmarks.warm_start --data $(MOVIELENS) --format auto --out benchmarks/results --tune \
+		--warm-window -1 --tune-warm-epochs 3 --name warm_start_same_window
 
 bench-ann: setup  ## 100k/1M-item retrieval: served IVF index vs exact, FAISS (IVF, HNSW) and numpy, via gRPC.
 	$(PY) -m benchmarks.ann --out benchmarks/results/ann.json

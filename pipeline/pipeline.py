@@ -95,14 +95,15 @@ def _latest_blessed_model_resolver() -> tfx.dsl.Resolver:
     ).with_id("LatestBlessedModelResolver")
 
 
-def _baseline_resolvers(mode: str, window: int, latest_blessed: tfx.dsl.Resolver) -> dict:
-    """{RetrievalEvaluator input key: Resolver} of the models a candidate is compared with."""
+def _baseline_resolvers(mode: str, window: int, latest_blessed: Optional[tfx.dsl.Resolver] = None) -> dict:
+    """{RetrievalEvaluator input key: Resolver} of the models a candidate is compared with (`latest_blessed`:
+    the pipeline's LatestBlessedModelResolver, reused in "kfp" mode; None makes one)."""
     from pipeline.components import baseline_resolvers as strategies
 
     model = tfx.types.standard_artifacts.Model
     if mode == "kfp":
         # KFP v2 compiles only TFX's stock strategies: the latest blessed model is the one baseline.
-        return {"blessed_models": latest_blessed}
+        return {"blessed_models": latest_blessed or _latest_blessed_model_resolver()}
     if mode != "mlmd":
         raise ValueError(f"baseline_resolution must be 'mlmd' or 'kfp', got {mode!r}")
     return {

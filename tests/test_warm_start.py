@@ -89,8 +89,12 @@ def test_missing_state_and_cold_flag_from_the_environment(tmp_path):
     cfg = overrides.from_env(ModelConfig(), "MODEL", {"TOWER_RECS_MODEL_WARM_START": "0",
                                                       "TOWER_RECS_MODEL_WARM_START_EPOCHS": "3"})
     assert cfg.warm_start is False and cfg.warm_start_epochs == 3
+    warm = warm_start.training_config(ModelConfig(epochs=6, warm_start_epochs=2, warm_start_learning_rate=0.002))
+    assert (warm.epochs, warm.learning_rate) == (2, 0.002)
     with pytest.raises(ValueError, match="warm_start_epochs=0"):
         ModelConfig(warm_start_epochs=0)
+    with pytest.raises(ValueError, match="warm_start_learning_rate=0"):
+        ModelConfig(warm_start_learning_rate=0)
 
 
 def test_state_lives_beside_the_serving_export_not_in_it():
@@ -118,3 +122,36 @@ def test_pipeline_trainer_base_model_is_the_latest_blessed_model(tmp_path):
         assert sum(c.id == "LatestBlessedModelResolver" for c in pipeline.components) == 1
         evaluator_inputs = {key: ch.producer_component_id for key, ch in nodes["RetrievalEvaluator"].inputs.items()}
         assert (evaluator_inputs["blessed_models"] == "LatestBlessedModelResolver") == (mode == "kfp")
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_next_pipeline_run_warm_starts_from_the_blessed_model(tiny_encoder):
+    """After the shared good run (tests/gate_pipeline_run.py), the next real pipeline run's Trainer starts from
+    the latest blessed model: every id of the unchanged data is carried, none is new."""
+    import json
+    import os
+
+    import gate_pipeline_run as runs
+    from test_gates import _artifacts, _trainer_base_models
+
+    run = runs.good_run(tiny_encoder)
+    metadata = os.path.join(run["output"], "metadata", "tower-recs", "metadata.db")
+    blessed = [b for b in _artifacts(metadata, "ModelBlessing") if b[2].get("blessed") == 1]
+    base_uri = blessed[-1][2]["current_model"]
+
+    proc = runs.run_pipeline(run, TRAIN_STEPS=2)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+
+    assert _trainer_base_models(metadata)[-1] == [base_uri]
+    with open(os.path.join(_artifacts(metadata, "ModelRun")[-1][1], "warm_start.json")) as f:
+        record = json.load(f)
+    with open(os.path.join(base_uri, "warm_start", "vocabularies.json")) as f:
+        vocabularies = json.load(f)
+    assert record["warm_started"] is True and record["base_model"] == os.path.join(base_uri, "warm_start")
+    assert (record["users_carried"], record["users_new"]) == (len(vocabularies["users"]), 0)
+    assert (record["items_carried"], record["items_new"]) == (len(vocabularies["items"]), 0)
+    assert record["weights_skipped"] == [] and record["text_basis_kept"] is True
+    assert (record["epochs"], record["learning_rate"]) == (ModelConfig().warm_start_epochs,
+                                                           ModelConfig().warm_start_learning_rate)
+    assert "Warm start: {" in proc.stderr and "'warm_started': True" in proc.stderr

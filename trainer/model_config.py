@@ -75,9 +75,11 @@ class ModelConfig:
     seed: int = 42
     # Warm start (trainer/warm_start.py): the Trainer starts from the latest blessed model's weights (rows
     # of ids in both vocabularies carried, new ids initialised as usual) and then trains
-    # `warm_start_epochs` epochs instead of `epochs`. False (TOWER_RECS_MODEL_WARM_START=0) forces a cold start.
+    # `warm_start_epochs` epochs at `warm_start_learning_rate` instead of `epochs` at `learning_rate`.
+    # False (TOWER_RECS_MODEL_WARM_START=0) forces a cold start.
     warm_start: bool = True
     warm_start_epochs: int = 2
+    warm_start_learning_rate: float = 0.001
 
     # Speed. XLA (`jit_compile`) is for GPUs: on CPU its gathers/scatters made a step ~8x slower
     # (720 vs 89 ms at batch 1024, benchmarks/results/training_throughput.md). Steps per call into the
@@ -133,6 +135,8 @@ class ModelConfig:
             problems.append(f"ann_partitions={self.ann_partitions}: must be 0 (auto) or a partition count >= 1")
         if self.ann_nprobe < 1:   # above the partition count it probes them all (exact results)
             problems.append(f"ann_nprobe={self.ann_nprobe}: must be at least 1")
+        if self.warm_start_learning_rate <= 0:
+            problems.append(f"warm_start_learning_rate={self.warm_start_learning_rate}: must be positive")
         if self.warm_start_epochs < 1:
             problems.append(f"warm_start_epochs={self.warm_start_epochs}: must be at least 1")
         if problems:

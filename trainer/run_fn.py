@@ -6,7 +6,6 @@ the CatalogTrainer adds `custom_config["item_files"]`, the catalogue's examples.
 """
 from __future__ import annotations
 
-import dataclasses
 import glob
 from typing import Iterable, Optional
 
@@ -177,14 +176,14 @@ def run_fn(fn_args) -> None:
         if cfg.warm_start and fn_args.base_model else None
     warm, reason = warm_start.usable(cfg, base, user_vocab, item_vocab)
     record = {"warm_started": False, "reason": reason}
-    train_cfg = dataclasses.replace(cfg, epochs=cfg.warm_start_epochs) if warm else cfg
+    train_cfg = warm_start.training_config(cfg) if warm else cfg
     model = train_model(train_cfg, train, len(user_vocab), len(item_vocab), text_table,
                         steps=fn_args.train_steps or 0, log_dir=fn_args.model_run_dir, validation=evaluation,
                         text_encoder=text_encoder, item_texts=item_texts, strategy=strategy,
                         text_basis=warm_start.text_basis(base) if warm else None,
                         initialize=(lambda m: record.update(warm_start.apply(m, base, user_vocab, item_vocab),
                                                             reason=reason)) if warm else None)
-    record["epochs"] = train_cfg.epochs
+    record.update(epochs=train_cfg.epochs, learning_rate=train_cfg.learning_rate)
     logging.info("Warm start: %s", record)
     # What it trained on, beside the TensorBoard logs (the run report reads the model run dir).
     distribution.write_devices(strategy, fn_args.model_run_dir)

@@ -120,6 +120,11 @@ def usable(cfg: ModelConfig, state: Optional[WarmStartState], user_vocab: Sequen
     return True, f"warm start from {state.source}"
 
 
+def training_config(cfg: ModelConfig) -> ModelConfig:
+    """The config a warm-started model trains with: `warm_start_epochs` at `warm_start_learning_rate`."""
+    return dataclasses.replace(cfg, epochs=cfg.warm_start_epochs, learning_rate=cfg.warm_start_learning_rate)
+
+
 def text_basis(state: WarmStartState) -> Optional[np.ndarray]:
     """The base model's PCA text basis (to build the new model in the same text space), if it had one."""
     return state.weights.get(TEXT_BASIS)
