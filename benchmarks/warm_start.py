@@ -209,7 +209,7 @@ def compare(args, cfg, spans, catalogue_ids, column, text_vectors) -> dict:
                 runs[kind].append(quality.evaluate(quality.score_two_tower(model, data, catalogue_ids,
                                                                            text_vectors), queries, "all"))
                 if record["warm_started"]:
-                    records.append(record)
+                    records.append({**record, "base_model": f"span {k} cold model, seed {seed}"})
                 quality.log(f"[window {args.window}] seed {seed} {kind}: {took:.1f}s, "
                             f"R@50 {runs[kind][-1]['recall@50']:.4f} NDCG@10 {runs[kind][-1]['ndcg@10']:.4f}")
     results = {kind: quality.over_seeds(r) for kind, r in runs.items()}
@@ -315,8 +315,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     column = {item_id: i for i, item_id in enumerate(catalogue_ids)}
     text_vectors = quality.text_embeddings(quality.item_texts(items), cfg, args.cache_dir)
     spans = make_spans(interactions, args.spans, args.test_fraction)
-    report: dict = {"command": "python -m benchmarks.warm_start " + " ".join(argv if argv is not None else
-                                                                             sys.argv[1:]),
+    # Paths as given, except absolute ones (machine paths stay out of committed results).
+    command = [os.path.relpath(a) if os.path.isabs(a) else a for a in (argv if argv is not None else sys.argv[1:])]
+    report: dict = {"command": "python -m benchmarks.warm_start " + " ".join(command),
                     "protocol": {"data": os.path.basename(os.path.normpath(args.data)), "spans": args.spans,
                                  "interactions_per_span": len(interactions) // args.spans, "window": args.window,
                                  "warm_window": warm_window(args),
