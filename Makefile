@@ -23,7 +23,7 @@ SAMPLE_USER ?=
 # MovieLens folder for `make bench-quality` (ml-latest-small, ml-100k or ml-1m files).
 MOVIELENS ?= ../shared/data/ml-latest-small
 
-.PHONY: help setup encoder sample run run-python test test-fast bench bench-quality bench-serving bench-encoder bench-scale bench-ann serve kubeflow clean
+.PHONY: help setup encoder sample run run-python test test-fast bench bench-quality bench-serving bench-encoder bench-scale bench-ann bench-warm-start serve kubeflow clean
 
 help:  ## List targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -74,6 +74,11 @@ bench-encoder: setup encoder  ## Item-text encoding throughput (dynamic vs fixed
 
 bench-quality: setup encoder  ## Recall/NDCG vs MostPopular and EASE on ml-latest-small (../shared).
 	$(PY) -m benchmarks.quality --data $(MOVIELENS) --format auto --out benchmarks/results
+
+bench-warm-start: setup encoder  ## Warm-started vs cold retrain on the next time span of ml-latest-small: time, Recall/NDCG.
+	$(PY) -m benchmarks.warm_start --data $(MOVIELENS) --format auto --out benchmarks/results --tune
+	$(PY) -m benchmarks.warm_start --data $(MOVIELENS) --format auto --out benchmarks/results --tune \
+		--warm-window -1 --tune-warm-epochs 3 --name warm_start_same_window
 
 bench-ann: setup  ## 100k/1M-item retrieval: served IVF index vs exact, FAISS (IVF, HNSW) and numpy, via gRPC.
 	$(PY) -m benchmarks.ann --out benchmarks/results/ann.json

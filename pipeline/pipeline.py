@@ -4,6 +4,7 @@
     items ──────── CsvExampleGen ─ StatisticsGen ─ ExampleValidator ─┴ AnomalyGate
     interactions ─ Transform (id vocabularies, history) ───────────────┐
     items ─ CatalogEmbedder (BERT item-text vectors in Beam RunInference; previous run's reused) ─┐
+    latest blessed model (LatestBlessedModelResolver) ─ base_model ─┐ (warm start, trainer/warm_start.py)
     items + Transform + embeddings ─ CatalogTrainer (two-tower) ─┐
     latest pushed + last N blessed models (Resolvers over MLMD) ─ RetrievalEvaluator
       (full-catalogue Recall/NDCG vs. MostPopular and those baselines, ModelBlessing) ─────────────────┐
@@ -84,17 +85,25 @@ def _stock_infra_validator(model, examples, backend: str, tf_serving_tag: str):
     )
 
 
-def _baseline_resolvers(mode: str, window: int) -> dict:
-    """{RetrievalEvaluator input key: Resolver} of the models a candidate is compared with."""
+def _latest_blessed_model_resolver() -> tfx.dsl.Resolver:
+    """TFX's stock LatestBlessedModelStrategy (KFP v2 compiles it): the Trainer's warm-start base model,
+    and on KFP also the evaluator's baseline."""
+    return tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("LatestBlessedModelResolver")
+
+
+def _baseline_resolvers(mode: str, window: int, latest_blessed: Optional[tfx.dsl.Resolver] = None) -> dict:
+    """{RetrievalEvaluator input key: Resolver} of the models a candidate is compared with (`latest_blessed`:
+    the pipeline's LatestBlessedModelResolver, reused in "kfp" mode; None makes one)."""
     from pipeline.components import baseline_resolvers as strategies
 
     model = tfx.types.standard_artifacts.Model
     if mode == "kfp":
         # KFP v2 compiles only TFX's stock strategies: the latest blessed model is the one baseline.
-        return {"blessed_models": tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy, model=tfx.dsl.Channel(type=model),
-            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-        ).with_id("LatestBlessedModelResolver")}
+        return {"blessed_models": latest_blessed or _latest_blessed_model_resolver()}
     if mode != "mlmd":
         raise ValueError(f"baseline_resolution must be 'mlmd' or 'kfp', got {mode!r}")
     return {
@@ -191,12 +200,15 @@ def create_pipeline(
                                encoder_handle=model_config.encoder_handle, output_key=model_config.encoder_output_key)
     embedder.add_upstream_node(gate)
 
+    # Warm start: the Trainer starts from the latest blessed model (ModelConfig.warm_start turns it off).
+    latest_blessed = _latest_blessed_model_resolver()
     trainer = CatalogTrainer(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=i_schema.outputs["schema"],
         items=item_gen.outputs["examples"],
         embeddings=embedder.outputs["embeddings"],
+        base_model=latest_blessed.outputs["model"],
         run_fn=run_fn,
         # num_steps=0 means "ModelConfig.epochs over the data" (see trainer/train.py).
         train_args=tfx.proto.TrainArgs(num_steps=train_steps),
@@ -205,7 +217,7 @@ def create_pipeline(
     )
     trainer.add_upstream_node(gate)
 
-    baseline_resolvers = _baseline_resolvers(baseline_resolution, evaluation_config.baseline_window)
+    baseline_resolvers = _baseline_resolvers(baseline_resolution, evaluation_config.baseline_window, latest_blessed)
     evaluator = RetrievalEvaluator(
         model=trainer.outputs["model"],
         examples=interaction_gen.outputs["examples"],
@@ -239,7 +251,8 @@ def create_pipeline(
     )
 
     components = [interaction_gen, item_gen, i_stats, i_schema, i_validator, c_stats, c_schema, c_validator,
-                  gate, transform, embeddings_resolver, embedder, trainer, *baseline_resolvers.values(),
+                  gate, transform, embeddings_resolver, embedder, latest_blessed, trainer,
+                  *(r for r in baseline_resolvers.values() if r is not latest_blessed),
                   evaluator, serving_check, pusher, report]
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,

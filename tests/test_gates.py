@@ -15,6 +15,7 @@ import pytest
 
 import gate_pipeline_run as runs
 from pipeline.components.gate_config import EvaluationConfig, ServingCheckConfig
+from trainer.model_config import ModelConfig
 
 
 def _metrics(recall, ndcg=0.2):
@@ -181,6 +182,40 @@ def _artifacts(metadata_path, type_name):
     return out
 
 
+def _trainer_base_models(metadata_path):
+    """The `base_model` input URIs of each CatalogTrainer execution, oldest first."""
+    from ml_metadata import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    store = metadata_store.MetadataStore(config)
+    types = {t.id: t.name for t in store.get_execution_types()}
+    out = []
+    for execution in sorted(store.get_executions(), key=lambda e: e.id):
+        if not types[execution.type_id].endswith("CatalogTrainer"):
+            continue
+        ids = [e.artifact_id for e in store.get_events_by_execution_ids([execution.id])
+               if e.type == metadata_store_pb2.Event.INPUT and e.path.steps[0].key == "base_model"]
+        out.append([a.uri for a in store.get_artifacts_by_id(ids)])
+    return out
+
+
+def _check_warm_start_records(metadata, good_model_uri):
+    """The good run had no blessed model to start from; the next run was given it (LatestBlessedModelResolver)
+    as `base_model` and TOWER_RECS_MODEL_WARM_START=0 made it start cold; each records why."""
+    records = []
+    for _, uri, _ in _artifacts(metadata, "ModelRun")[-2:]:
+        with open(os.path.join(uri, "warm_start.json")) as f:
+            records.append(json.load(f))
+    cold = {"warm_started": False, "epochs": 6, "learning_rate": ModelConfig().learning_rate}
+    assert records == [{**cold, "reason": "no base model with a warm-start state"},
+                       {**cold, "reason": "cold start forced (warm_start=False)"}]
+    assert _trainer_base_models(metadata)[-2:] == [[], [good_model_uri]]
+    assert os.path.isfile(os.path.join(good_model_uri, "warm_start", "weights.npz"))     # the next run's start
+    assert not os.path.exists(os.path.join(good_model_uri, "Format-Serving", "warm_start"))
+
+
 @pytest.mark.e2e
 def test_worse_model_is_not_blessed_and_not_pushed(tiny_encoder):
     run = runs.good_run(tiny_encoder)
@@ -190,8 +225,10 @@ def test_worse_model_is_not_blessed_and_not_pushed(tiny_encoder):
     good_model_uri = good_blessing[-1][2]["current_model"]
     before = runs.snapshot(run["serving_dir"])
 
-    proc = runs.run_pipeline(run, TRAIN_STEPS=1)
+    # A cold start (the flag): warm-started from the good model, one step would not make it worse.
+    proc = runs.run_pipeline(run, TRAIN_STEPS=1, MODEL_WARM_START=0)
     assert proc.returncode == 0, proc.stderr[-5000:]
+    _check_warm_start_records(metadata, good_model_uri)
 
     blessing = _artifacts(metadata, "ModelBlessing")[-1]
     assert blessing[2]["blessed"] == 0, blessing

@@ -240,17 +240,23 @@ def test_local_and_kubeflow_pipelines_are_the_same_definition(compiled):
     assert len(kfp["ids"]) >= 2
     # The one intended difference: KFP v2 compiles only TFX's stock resolver strategies, so the evaluator's
     # baselines come from LatestBlessedModelResolver there (pipeline.create_pipeline(baseline_resolution=...)).
-    # The catalogue-embeddings cache uses LatestArtifactStrategy, a stock strategy, so it is in both.
-    local_only, kfp_only = {"LatestPushedModelResolver", "RecentBlessedModelsResolver"}, {"LatestBlessedModelResolver"}
-    shared = {"LatestCatalogEmbeddingsResolver"}
+    # The catalogue-embeddings cache uses LatestArtifactStrategy and the Trainer's warm-start base model
+    # LatestBlessedModelStrategy, stock strategies, so they are in both (on KFP the latter is also the baseline).
+    local_only = {"LatestPushedModelResolver", "RecentBlessedModelsResolver"}
+    shared = {"LatestCatalogEmbeddingsResolver", "LatestBlessedModelResolver"}
     assert {s[0] for s in local["shape"] if s[1] == "Resolver"} == local_only | shared
-    assert {s[0] for s in kfp["shape"] if s[1] == "Resolver"} == kfp_only | shared
+    assert {s[0] for s in kfp["shape"] if s[1] == "Resolver"} == shared
+    for facts in (local, kfp):
+        assert "LatestBlessedModelResolver" in facts["edges"]["CatalogTrainer"]
 
     def same(facts, resolvers):
         shape = [s for s in facts["shape"] if s[0] not in resolvers]
-        edges = {c: sorted(set(up) - resolvers) for c, up in facts["edges"].items() if c not in resolvers}
+        # The evaluator's baseline edges are the intended difference.
+        edges = {c: sorted(set(up) - resolvers - ({"LatestBlessedModelResolver"} if c == "RetrievalEvaluator"
+                                                   else set()))
+                 for c, up in facts["edges"].items() if c not in resolvers}
         return shape, edges
-    assert same(local, local_only) == same(kfp, kfp_only)  # ids, component classes, executors, parameter names, edges
+    assert same(local, local_only) == same(kfp, set())  # ids, component classes, executors, parameter names, edges
     assert local["name"] == kfp["name"]
     assert local["has_metadata_config"] and not kfp["has_metadata_config"]
     assert local["root"] != kfp["root"] and "://" in kfp["root"]

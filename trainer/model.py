@@ -56,7 +56,7 @@ class TwoTowerModel(tf.keras.Model):
 
     def __init__(self, cfg: ModelConfig, num_users: int, num_items: int, text_table: np.ndarray,
                  item_counts: np.ndarray, text_encoder: Optional[tf.keras.layers.Layer] = None,
-                 item_texts: Optional[Sequence[str]] = None):
+                 item_texts: Optional[Sequence[str]] = None, text_basis: Optional[np.ndarray] = None):
         super().__init__()
         self.cfg = cfg
         # Fine-tuning (cfg.train_encoder): the candidate side runs the trainable BERT on each batch's item
@@ -75,11 +75,16 @@ class TwoTowerModel(tf.keras.Model):
         # is kept as its top principal directions (`text_basis`, frozen, also applied to new items' text).
         text_table = np.asarray(text_table, np.float32)
         self.text_basis = None
+        # A given `text_basis` (a warm start's, trainer/warm_start.py) is kept: the copied text projection
+        # was learned in that basis, and a basis refit on a changed catalogue may rotate or flip its axes.
         if 0 < cfg.text_pca_dim < text_table.shape[1]:
-            rows = text_table[np.abs(text_table).sum(axis=1) > 0]
-            _, _, vt = np.linalg.svd(rows if len(rows) else text_table, full_matrices=False)
-            basis = np.zeros([text_table.shape[1], cfg.text_pca_dim], np.float32)
-            basis[:, :min(cfg.text_pca_dim, vt.shape[0])] = vt[:cfg.text_pca_dim].T
+            if text_basis is not None and tuple(np.shape(text_basis)) == (text_table.shape[1], cfg.text_pca_dim):
+                basis = np.asarray(text_basis, np.float32)
+            else:
+                rows = text_table[np.abs(text_table).sum(axis=1) > 0]
+                _, _, vt = np.linalg.svd(rows if len(rows) else text_table, full_matrices=False)
+                basis = np.zeros([text_table.shape[1], cfg.text_pca_dim], np.float32)
+                basis[:, :min(cfg.text_pca_dim, vt.shape[0])] = vt[:cfg.text_pca_dim].T
             self.text_basis = tf.Variable(basis, trainable=False, name="text_basis")
             text_table = text_table @ basis
         self.text_table = tf.Variable(text_table, trainable=False, name="text_table")

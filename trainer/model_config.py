@@ -73,6 +73,18 @@ class ModelConfig:
     # 0 epoch 6 has the better NDCG@10 (tuning/id_dropout.json curve). Kept 6.
     epochs: int = 6
     seed: int = 42
+    # Warm start (trainer/warm_start.py): the Trainer starts from the latest blessed model's weights (rows
+    # of ids in both vocabularies carried, new ids initialised as usual) and then trains
+    # `warm_start_epochs` epochs at `warm_start_learning_rate` instead of `epochs` at `learning_rate`.
+    # False (TOWER_RECS_MODEL_WARM_START=0) forces a cold start. Chosen on validation (ml-latest-small, 5 time
+    # spans, warm retrain on the newest span only; benchmarks/results/warm_start.json "tuning"): no setting
+    # reached 99% of the cold model's validation R@50 and NDCG@10 together (NDCG@10 on 114 users is noisy), so
+    # the rule took the best warm R@50: 6 epochs at 0.002 (0.255 vs cold 0.251; 0.005 peaked at 0.247 after 3
+    # epochs, 0.001 and 0.0005 stayed lower). Retraining warm on the same cumulative window never reached the
+    # cold model within 3 epochs at any of those rates (warm_start_same_window.json).
+    warm_start: bool = True
+    warm_start_epochs: int = 6
+    warm_start_learning_rate: float = 0.002
 
     # Speed. XLA (`jit_compile`) is for GPUs: on CPU its gathers/scatters made a step ~8x slower
     # (720 vs 89 ms at batch 1024, benchmarks/results/training_throughput.md). Steps per call into the
@@ -128,6 +140,10 @@ class ModelConfig:
             problems.append(f"ann_partitions={self.ann_partitions}: must be 0 (auto) or a partition count >= 1")
         if self.ann_nprobe < 1:   # above the partition count it probes them all (exact results)
             problems.append(f"ann_nprobe={self.ann_nprobe}: must be at least 1")
+        if self.warm_start_learning_rate <= 0:
+            problems.append(f"warm_start_learning_rate={self.warm_start_learning_rate}: must be positive")
+        if self.warm_start_epochs < 1:
+            problems.append(f"warm_start_epochs={self.warm_start_epochs}: must be at least 1")
         if problems:
             raise ValueError("Invalid ModelConfig: " + "; ".join(problems))
 

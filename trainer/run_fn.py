@@ -17,7 +17,7 @@ from tfx_bsl.public import tfxio
 
 from pipeline import example_reader
 from schema import contract
-from trainer import distribution
+from trainer import distribution, warm_start
 from trainer.item_text import ItemTextEncoder, catalogue_texts, embed_catalogue
 from trainer.model_config import ModelConfig
 from trainer.serving_model import RecommenderModule, export_serving_model
@@ -172,11 +172,22 @@ def run_fn(fn_args) -> None:
     train, evaluation = training_input(fn_args, tft_output, cfg, len(item_vocab))
     logging.info("Training on %d interactions, %d users, %d items (%d in catalogue)",
                  num_examples(train), len(user_vocab), len(item_vocab), len(catalogue_ids))
-    model = train_model(cfg, train, len(user_vocab), len(item_vocab), text_table, steps=fn_args.train_steps or 0,
-                        log_dir=fn_args.model_run_dir, validation=evaluation, text_encoder=text_encoder,
-                        item_texts=item_texts, strategy=strategy)
+    base = warm_start.load_state(warm_start.state_dir_of(fn_args.base_model)) \
+        if cfg.warm_start and fn_args.base_model else None
+    warm, reason = warm_start.usable(cfg, base, user_vocab, item_vocab)
+    record = {"warm_started": False, "reason": reason}
+    train_cfg = warm_start.training_config(cfg) if warm else cfg
+    model = train_model(train_cfg, train, len(user_vocab), len(item_vocab), text_table,
+                        steps=fn_args.train_steps or 0, log_dir=fn_args.model_run_dir, validation=evaluation,
+                        text_encoder=text_encoder, item_texts=item_texts, strategy=strategy,
+                        text_basis=warm_start.text_basis(base) if warm else None,
+                        initialize=(lambda m: record.update(warm_start.apply(m, base, user_vocab, item_vocab),
+                                                            reason=reason)) if warm else None)
+    record.update(epochs=train_cfg.epochs, learning_rate=train_cfg.learning_rate)
+    logging.info("Warm start: %s", record)
     # What it trained on, beside the TensorBoard logs (the run report reads the model run dir).
     distribution.write_devices(strategy, fn_args.model_run_dir)
+    warm_start.write_record(record, fn_args.model_run_dir)
 
     if cfg.train_encoder:  # the serving index must use the fine-tuned encoder
         all_texts = [texts[item_id] for item_id in catalogue_ids]
@@ -188,4 +199,8 @@ def run_fn(fn_args) -> None:
     # Every worker saves (saving may run collectives); only the chief's copy is the serving model.
     with distribution.export_dir_for_task(strategy, fn_args.serving_model_dir) as export_dir:
         export_serving_model(module, export_dir, model_name, warmup_user_ids=user_vocab[:20])
+        # Beside the export, outside the folder Pusher copies: what the next run warm-starts from.
+        state_dir = warm_start.state_dir_of(export_dir)
+        warm_start.save_state(model, user_vocab, item_vocab, state_dir)
+        warm_start.write_record(record, state_dir)
     logging.info("Exported serving model to %s", export_dir)

@@ -4,7 +4,7 @@ TFX Trainer (`trainer/run_fn.py`) and the benchmarks.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 import numpy as np
 import tensorflow as tf
@@ -93,7 +93,7 @@ def get_strategy(require_gpu: bool = False) -> tf.distribute.Strategy:
 
 def build_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items: int,
                 text_table: np.ndarray, total_steps: int = 0, text_encoder=None,
-                item_texts: Optional[list[str]] = None) -> TwoTowerModel:
+                item_texts: Optional[list[str]] = None, text_basis: Optional[np.ndarray] = None) -> TwoTowerModel:
     """The compiled (untrained) model; call inside `strategy.scope()`.
 
     Args:
@@ -104,6 +104,7 @@ def build_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items
       text_table: [num_items + 1, H] item text embeddings (`build_text_table`).
       total_steps: steps of the run, for the cosine learning-rate schedule.
       text_encoder, item_texts: the trainable BERT and each item's text, with `cfg.train_encoder`.
+      text_basis: a fixed PCA basis of the text table (a warm start's); None fits it to `text_table`.
 
     Returns:
       A `TwoTowerModel` compiled with Adam.
@@ -113,7 +114,8 @@ def build_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items
     else:
         item_counts = np.bincount(train[contract.ITEM_INDEX], minlength=num_items + 1)[:num_items]
     model = TwoTowerModel(cfg, num_users=num_users, num_items=num_items, text_table=text_table,
-                          item_counts=item_counts, text_encoder=text_encoder, item_texts=item_texts)
+                          item_counts=item_counts, text_encoder=text_encoder, item_texts=item_texts,
+                          text_basis=text_basis)
     model.curriculum_steps = total_steps
     learning_rate = cfg.learning_rate
     if cfg.lr_schedule == "cosine" and total_steps > 0:
@@ -131,7 +133,8 @@ def train_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items
                 validation: Optional[Union[dict, tf.data.Dataset]] = None, verbose: int = 2,
                 callbacks: Optional[list] = None, text_encoder=None,
                 item_texts: Optional[list[str]] = None,
-                strategy: Optional[tf.distribute.Strategy] = None) -> TwoTowerModel:
+                strategy: Optional[tf.distribute.Strategy] = None, text_basis: Optional[np.ndarray] = None,
+                initialize: Optional[Callable[[TwoTowerModel], None]] = None) -> TwoTowerModel:
     """Builds and fits the two-tower model under `strategy` (default `get_strategy()`: multi-worker from
     TF_CONFIG, all GPUs mirrored, else one device; the same code on CPU).
 
@@ -145,6 +148,9 @@ def train_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items
       validation: index features (or a finite dataset of batches) whose loss is reported after each epoch.
       verbose, callbacks: Keras `fit`'s.
       strategy: a strategy made earlier (multi-worker must be made before any other TF op).
+      text_basis: as for `build_model`.
+      initialize: called with the built model (variables created) before training, under the strategy's
+        scope, e.g. `trainer.warm_start.apply` to start from a previous model's weights.
 
     Returns:
       The trained `TwoTowerModel`.
@@ -160,7 +166,9 @@ def train_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items
     strategy = strategy or get_strategy(cfg.require_gpu)
     with strategy.scope():
         model = build_model(cfg, train, num_users, num_items, text_table, total_steps=epochs * steps_per_epoch,
-                            text_encoder=text_encoder, item_texts=item_texts)
+                            text_encoder=text_encoder, item_texts=item_texts, text_basis=text_basis)
+        if initialize is not None:
+            initialize(model)
     callbacks = list(callbacks or [])
     if log_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))

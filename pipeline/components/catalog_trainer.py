@@ -74,6 +74,8 @@ class CatalogTrainer(base_component.BaseComponent):
       custom_config: JSON-serialisable dict passed to `run_fn` (the pipeline's `{"model": ...}`).
       embeddings: optional CatalogEmbedder output (cached item-text vectors); its files reach `run_fn` as
         `fn_args.custom_config["embedding_files"]`, else `run_fn` embeds the catalogue itself.
+      base_model: optional Model to warm-start from (the stock Trainer's `base_model`, e.g. a Resolver with
+        LatestBlessedModelStrategy); `run_fn` gets its serving path as `fn_args.base_model`.
 
     Outputs: `model` (the serving SavedModel) and `model_run` (TensorBoard logs), as the stock Trainer.
     """
@@ -92,6 +94,7 @@ class CatalogTrainer(base_component.BaseComponent):
         eval_args: Optional[trainer_pb2.EvalArgs] = None,
         custom_config: Optional[dict[str, Any]] = None,
         embeddings: Optional[types.BaseChannel] = None,
+        base_model: Optional[types.BaseChannel] = None,
     ):
         spec = CatalogTrainerSpec(
             examples=examples,
@@ -99,6 +102,7 @@ class CatalogTrainer(base_component.BaseComponent):
             schema=schema,
             items=items,
             embeddings=embeddings,
+            base_model=base_model,
             train_args=train_args or trainer_pb2.TrainArgs(),
             eval_args=eval_args or trainer_pb2.EvalArgs(),
             run_fn=run_fn,
