@@ -82,15 +82,21 @@ class RequestLogConfig:
         return cls(prefix=os.path.join(directory, model_name), sampling_rate=sampling_rate, **limits)
 
 
-def log_files(path: str) -> list[str]:
-    """The closed log files of a directory, a ``filename_prefix`` or a glob, oldest first."""
-    if os.path.isdir(path):
-        pattern = os.path.join(path, "*" + SUFFIX)
+def log_files(path: str) -> list[tuple[str, float]]:
+    """(file, mtime) of the closed log files of a directory, a ``filename_prefix`` or a glob, oldest first.
+
+    Paths may be local or bucket URIs (gs://, s3://: tf.io.gfile).
+    """
+    import tensorflow as tf
+
+    if tf.io.gfile.isdir(path):
+        pattern = path.rstrip("/") + "/*" + SUFFIX
     elif glob.has_magic(path) or path.endswith(SUFFIX):
         pattern = path
     else:
         pattern = f"{path}-*{SUFFIX}"
-    return sorted(glob.glob(pattern), key=lambda p: (os.path.getmtime(p), p))
+    files = [(f, tf.io.gfile.stat(f).mtime_nsec / 1e9) for f in tf.io.gfile.glob(pattern)]
+    return sorted(files, key=lambda item: (item[1], item[0]))
 
 
 def predict_log_of_arrays(model_name: str, version: int, signature_name: str,
@@ -244,7 +250,7 @@ class RequestLogger:
             self._warn(f"request log: could not close {self._path}: {type(e).__name__}: {e}")
         self._writer = None
         if self.config.max_files:
-            for old in log_files(self.config.prefix)[:-self.config.max_files]:
+            for old, _ in log_files(self.config.prefix)[:-self.config.max_files]:
                 try:
                     os.remove(old)
                     self._count("files_deleted")

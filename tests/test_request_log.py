@@ -29,7 +29,7 @@ MODEL = "tower_recs"
 
 def read_logs(path: str) -> list:
     return [prediction_log_pb2.PredictionLog.FromString(r)
-            for f in request_log.log_files(path) for r in tf.data.TFRecordDataset(f).as_numpy_iterator()]
+            for f, _ in request_log.log_files(path) for r in tf.data.TFRecordDataset(f).as_numpy_iterator()]
 
 
 def grpc_request(user: str, history: tuple[str, ...]) -> predict_pb2.PredictRequest:
@@ -112,7 +112,7 @@ def test_files_rotate_at_max_bytes_and_only_max_files_are_kept(tmp_path):
     files = request_log.log_files(str(tmp_path))
     assert stats["written"] == 12 and stats["files_closed"] > 2, stats
     assert len(files) == 2 and stats["files_deleted"] == stats["files_closed"] - 2
-    assert all(os.path.getsize(f) < 300 + 200 for f in files)     # closed once past max_file_bytes
+    assert all(os.path.getsize(f) < 300 + 200 for f, _ in files)     # closed once past max_file_bytes
     users = [tf.make_ndarray(e.predict_log.request.inputs[contract.USER_ID])[0] for e in read_logs(str(tmp_path))]
     assert users[-1] == b"user_11"                                 # the newest records are kept
 
