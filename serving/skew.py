@@ -127,12 +127,17 @@ def request_view_of_examples(batch: pa.RecordBatch) -> pa.RecordBatch:
         text = pa.array([b""] * batch.num_rows, pa.binary())
     else:
         text = pa.array(first_values(batch.column(index)).tolist(), pa.binary()).fill_null(b"")
-    items = pc.utf8_split_whitespace(text.cast(pa.string())).cast(pa.list_(pa.binary()))
+    split = pc.utf8_split_whitespace(text.cast(pa.string()))
+    # "" and leading/trailing blanks split into empty strings: drop them, as the model drops pads.
+    tokens, rows = pc.list_flatten(split), pc.list_parent_indices(split)
+    keep = pc.greater(pc.utf8_length(tokens), 0)
+    lengths = np.bincount(rows.filter(keep).to_numpy(), minlength=batch.num_rows).astype(np.int64)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
     one = pa.array(np.arange(batch.num_rows + 1, dtype=np.int32))
     return pa.RecordBatch.from_arrays([
         pa.ListArray.from_arrays(one, pa.array(user.tolist(), pa.binary())),
-        items,
-        pa.ListArray.from_arrays(one, pc.list_value_length(items).cast(pa.int64())),
+        pa.ListArray.from_arrays(offsets, tokens.filter(keep).cast(pa.binary())),
+        pa.ListArray.from_arrays(one, pa.array(lengths)),
     ], names=list(REQUEST_FEATURES))
 
 
