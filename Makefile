@@ -23,7 +23,7 @@ SAMPLE_USER ?=
 # MovieLens folder for `make bench-quality` (ml-latest-small, ml-100k or ml-1m files).
 MOVIELENS ?= ../shared/data/ml-latest-small
 
-.PHONY: help setup encoder sample run run-python test test-fast bench bench-quality bench-serving bench-encoder bench-scale bench-ann serve skew kubeflow clean
+.PHONY: help setup encoder sample run run-python test test-fast bench bench-quality bench-serving bench-encoder bench-scale bench-ann bench-request-log serve skew kubeflow clean
 
 help:  ## List targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ bench-encoder: setup encoder  ## Item-text encoding throughput (dynamic vs fixed
 
 bench-quality: setup encoder  ## Recall/NDCG vs MostPopular and EASE on ml-latest-small (../shared).
 	$(PY) -m benchmarks.quality --data $(MOVIELENS) --format auto --out benchmarks/results
+
+bench-request-log: setup  ## Request log cost per gRPC request (off vs rate 1.0) and skew statistics time vs log size.
+	$(PY) -m benchmarks.request_log --out benchmarks/results/request_log.json
 
 bench-ann: setup  ## 100k/1M-item retrieval: served IVF index vs exact, FAISS (IVF, HNSW) and numpy, via gRPC.
 	$(PY) -m benchmarks.ann --out benchmarks/results/ann.json
