@@ -8,7 +8,8 @@ flags that matter:
     python -m serving.server ... --request_logging_config_file serving/config/request_logging.config
     python -m serving.server ... --request_log_dir outputs/request_log --request_log_sampling_rate 0.05
 
-Each sampled Predict (gRPC or REST) becomes one ``PredictionLog`` with ``predict_log { request response }``,
+Each sampled Predict (gRPC or REST) becomes one ``PredictionLog`` with ``predict_log { request response }``
+and ``log_metadata`` (the answering servable's model_spec, the sampling config, tags, the request's time),
 written to ``<filename_prefix>-<start ns>-<pid>-<n>.tfrecord``. What the request path does is one random
 draw and, when sampled, one ``put_nowait`` on a bounded queue: building the protos (REST requests arrive
 as arrays) and writing happen on a background thread. A full queue, a full disk or an unwritable directory
@@ -144,7 +145,7 @@ class RequestLogger:
         if random.random() >= self.config.sampling_rate:   # rate 0: never; rate 1: always
             return
         try:
-            self._queue.put_nowait(item)
+            self._queue.put_nowait((int(time.time()), item))
             self._count("sampled")
         except queue.Full:
             self._count("dropped_queue_full")
@@ -195,12 +196,12 @@ class RequestLogger:
             if item is None:
                 break
             if item:
-                self._write(item)
+                self._write(*item)
             if self._writer is not None and time.monotonic() - self._file_opened >= self.config.max_file_age_s:
                 self._rotate()
         self._rotate()
 
-    def _serialize(self, item) -> bytes:
+    def _serialize(self, timestamp: int, item) -> bytes:
         from tensorflow_serving.apis import prediction_log_pb2
 
         if item[0] == "proto":
@@ -208,12 +209,19 @@ class RequestLogger:
             entry = prediction_log_pb2.PredictionLog()
             entry.predict_log.request.CopyFrom(request)
             entry.predict_log.response.CopyFrom(response)
-            return entry.SerializeToString()
-        return predict_log_of_arrays(*item[1:]).SerializeToString()
+        else:
+            entry = predict_log_of_arrays(*item[1:])
+        # As TF Serving's ServerRequestLogger: which servable answered, how it was sampled, and when.
+        metadata = entry.log_metadata
+        metadata.model_spec.CopyFrom(entry.predict_log.response.model_spec)
+        metadata.sampling_config.sampling_rate = self.config.sampling_rate
+        metadata.saved_model_tags.append("serve")
+        metadata.timestamp_secs = timestamp
+        return entry.SerializeToString()
 
-    def _write(self, item) -> None:
+    def _write(self, timestamp: int, item) -> None:
         try:
-            record = self._serialize(item)
+            record = self._serialize(timestamp, item)
             if self._writer is None:
                 self._open()
             self._writer.write(record)

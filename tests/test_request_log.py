@@ -7,6 +7,7 @@ and count records without raising, and the shipped LoggingConfig parses.
 """
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 import urllib.request
 
@@ -87,6 +88,9 @@ def test_server_logs_sampled_grpc_and_rest_predicts_as_prediction_logs(tmp_path)
         assert request.model_spec.name == MODEL
         assert response.model_spec.version.value == 1
         assert response.model_spec.signature_name == contract.SERVING_DEFAULT
+        assert entry.log_metadata.model_spec == response.model_spec
+        assert entry.log_metadata.sampling_config.sampling_rate == 1.0
+        assert abs(entry.log_metadata.timestamp_secs - time.time()) < 600
         users += [u.decode() for u in tf.make_ndarray(request.inputs[contract.USER_ID]).reshape([-1])]
         assert tf.make_ndarray(response.outputs[contract.OUTPUT_ITEM_IDS]).shape == (1, 3)
     assert sorted(users) == ["user_1", "user_2", "user_3"]      # both gRPC requests and the REST one
