@@ -138,7 +138,7 @@ class RequestLogger:
         self._file_opened = 0.0
         self._seq = 0
         self._started_ns = time.time_ns()
-        self._last_warning = 0.0
+        self._last_warning = float("-inf")
 
     # -- request path ---------------------------------------------------------------------------
     def _offer(self, item) -> None:
@@ -147,8 +147,9 @@ class RequestLogger:
         try:
             self._queue.put_nowait((int(time.time()), item))
             self._count("sampled")
-        except queue.Full:
+        except queue.Full:                                  # the writer is behind (slow disk): drop, count
             self._count("dropped_queue_full")
+            self._warn("request log: the write queue is full, dropping records")
 
     def log_grpc_predict(self, request, response) -> None:
         """Samples a gRPC Predict: the request and response protos, as received and sent."""
