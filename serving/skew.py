@@ -287,6 +287,7 @@ def check(out_dir: str, request_log_path: str, config: SkewConfig, training_patt
             result.update(status="checked", anomalies=lines, measurements=measurements, skewed=bool(lines),
                           reason=(f"{len(lines)} skew anomal{'y' if len(lines) == 1 else 'ies'}" if lines
                                   else "no skew above the thresholds"))
+    tf.io.gfile.makedirs(out_dir)
     with tf.io.gfile.GFile(os.path.join(out_dir, RESULT_FILE), "w") as f:
         f.write(json.dumps(result, indent=2))
     return result
