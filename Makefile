@@ -23,7 +23,7 @@ SAMPLE_USER ?=
 # MovieLens folder for `make bench-quality` (ml-latest-small, ml-100k or ml-1m files).
 MOVIELENS ?= ../shared/data/ml-latest-small
 
-.PHONY: help setup encoder sample run run-python test test-fast bench bench-quality bench-serving bench-encoder bench-scale bench-ann bench-warm-start serve kubeflow clean
+.PHONY: help setup encoder sample run run-python test test-fast bench bench-quality bench-serving bench-encoder bench-scale bench-ann bench-warm-start bench-request-log serve skew kubeflow clean
 
 help:  ## List targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ bench-warm-start: setup encoder  ## Warm-started vs cold retrain on the next tim
 	$(PY) -m benchmarks.warm_start --data $(MOVIELENS) --format auto --out benchmarks/results --tune \
 		--warm-window -1 --tune-warm-epochs 3 --name warm_start_same_window
 
+bench-request-log: setup  ## Request log cost per gRPC request (off vs rate 1.0) and skew statistics time vs log size.
+	$(PY) -m benchmarks.request_log --out benchmarks/results/request_log.json
+
 bench-ann: setup  ## 100k/1M-item retrieval: served IVF index vs exact, FAISS (IVF, HNSW) and numpy, via gRPC.
 	$(PY) -m benchmarks.ann --out benchmarks/results/ann.json
 
@@ -92,8 +95,17 @@ SCALE_SIZES ?= 150k,1.5M,5M
 bench-scale: setup encoder  ## The pipeline at 150k / 1.5M / 5M interactions: per-component time, rows/s, RSS.
 	$(PY) -m benchmarks.scaling --sizes $(SCALE_SIZES) --out benchmarks/results
 
+# `make serve REQUEST_LOG_DIR=outputs/request_log` also logs a sample of the requests (serving/request_log.py).
+REQUEST_LOG_DIR ?=
+REQUEST_LOG_RATE ?= 0.01
+
 serve: setup  ## Serve the pushed model over TF Serving's gRPC (8500) and REST (8501) APIs on localhost.
-	$(PY) -m serving.server --model_base_path outputs/serving_model/tower_recs --model_name tower_recs
+	$(PY) -m serving.server --model_base_path outputs/serving_model/tower_recs --model_name tower_recs \
+	  $(if $(REQUEST_LOG_DIR),--request_log_dir $(REQUEST_LOG_DIR) --request_log_sampling_rate $(REQUEST_LOG_RATE))
+
+skew: setup  ## Training/serving skew of the request log (REQUEST_LOG_DIR) vs the last run's training data.
+	$(PY) -m serving.skew --request-log $(or $(REQUEST_LOG_DIR),outputs/request_log) \
+	  --statistics outputs/pipeline_root/$(PIPELINE_NAME)/TrainingServingSkew/statistics
 
 kubeflow: setup  ## Compile the KFP v2 pipeline spec.
 	$(PY) -m pipeline.kubeflow_runner --output outputs/kubeflow/$(PIPELINE_NAME).json

@@ -7,6 +7,7 @@ environment (`pipeline/overrides.py`):
   TOWER_RECS_MODEL_<FIELD>           any `ModelConfig` field, e.g. TOWER_RECS_MODEL_EPOCHS=2
   TOWER_RECS_EVAL_<FIELD>            any `EvaluationConfig` field (RetrievalEvaluator)
   TOWER_RECS_SERVING_CHECK_<FIELD>   any `ServingCheckConfig` field (ServingCheck)
+  TOWER_RECS_SKEW_<FIELD>            any `SkewConfig` field (TrainingServingSkew), e.g. _ACTION=stop
   TOWER_RECS_BEAM_RUNNER             direct | dataflow | flink | spark (pipeline/beam_runners.py)
 
 `pipeline_kwargs()` turns them into the arguments of `pipeline.create_pipeline`, for the local
@@ -20,6 +21,7 @@ from typing import Any
 
 from pipeline import beam_runners
 from pipeline.components.gate_config import EvaluationConfig, ServingCheckConfig
+from pipeline.components.skew_config import SkewConfig
 from pipeline.overrides import env, from_env
 from schema import contract
 from trainer.model_config import ModelConfig
@@ -106,6 +108,13 @@ SERVING_CHECK_CONFIG = from_env(ServingCheckConfig(), "SERVING_CHECK")
 INFRA_VALIDATOR = env("INFRA_VALIDATOR", "")
 TF_SERVING_TAG = env("TF_SERVING_TAG", "2.16.1")
 
+# -- Training/serving skew (pipeline/components/skew_check.py) --------------------------------------
+# The server's request log (python -m serving.server --request_log_dir ...): TFDV compares its requests
+# with the training interactions. "" (default): the comparison is skipped, and the run report says so.
+REQUEST_LOG_DIR = _abs(env("REQUEST_LOG_DIR")) if env("REQUEST_LOG_DIR") else ""
+# Thresholds (L-infinity on user ids and history item ids) and the action on skew: warn (default) | stop.
+SKEW_CONFIG = from_env(SkewConfig(), "SKEW")
+
 
 def pipeline_kwargs() -> dict[str, Any]:
     """The arguments of `pipeline.create_pipeline(...)` these settings give, for a local run.
@@ -134,4 +143,6 @@ def pipeline_kwargs() -> dict[str, Any]:
         infra_validator=INFRA_VALIDATOR,
         tf_serving_tag=TF_SERVING_TAG,
         report_dir=REPORTS_DIR,
+        request_log_dir=REQUEST_LOG_DIR,
+        skew_config=SKEW_CONFIG,
     )

@@ -9,7 +9,9 @@
     latest pushed + last N blessed models (Resolvers over MLMD) ─ RetrievalEvaluator
       (full-catalogue Recall/NDCG vs. MostPopular and those baselines, ModelBlessing) ─────────────────┐
     CatalogTrainer ─ ServingCheck (TF + TF Text only process; or stock InfraValidator) ─ InfraBlessing ┴ Pusher
-    statistics + evaluation + blessings + push ─ RunReport (HTML, <OUTPUT_DIR>/reports/latest.html)
+    interactions + the server's request log ─ TrainingServingSkew (TFDV skew; action "stop": Transform and
+      the Trainer wait for it, so a skew stops the run) ─┐
+    statistics + evaluation + blessings + push + skew ─ RunReport (HTML, <OUTPUT_DIR>/reports/latest.html)
 
 Pusher pushes only a model that both the evaluator and the serving check blessed.
 """
@@ -26,6 +28,8 @@ from pipeline.components.catalog_trainer import CatalogTrainer
 from pipeline.components.gate_config import EvaluationConfig, ServingCheckConfig
 from pipeline.components.retrieval_evaluator import RetrievalEvaluator
 from pipeline.components.serving_check import ServingCheck
+from pipeline.components.skew_check import TrainingServingSkew
+from pipeline.components.skew_config import SkewConfig
 from schema import contract
 from trainer.model_config import ModelConfig
 
@@ -141,6 +145,8 @@ def create_pipeline(
     tf_serving_tag: str = "",
     report_dir: str = "",
     baseline_resolution: str = "mlmd",
+    request_log_dir: str = "",
+    skew_config: Optional[SkewConfig] = None,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline; the runners pass `**pipeline.configs.pipeline_kwargs()` (overridden).
 
@@ -161,6 +167,9 @@ def create_pipeline(
       baseline_resolution: "mlmd" (default): the evaluator's baselines are the latest pushed model and
         the last `evaluation_config.baseline_window` blessed models (custom resolver strategies over
         ML Metadata); "kfp": TFX's LatestBlessedModelStrategy only, the one KFP v2 can compile.
+      request_log_dir: the serving request log (PredictionLog TFRecords) TrainingServingSkew compares with
+        the training data; "" skips the comparison (the report says so).
+      skew_config: its thresholds and action (default: `SkewConfig()`, warn).
 
     Returns:
       The `tfx.dsl.Pipeline`: ExampleGens, validation, AnomalyGate, Transform, CatalogEmbedder, CatalogTrainer,
@@ -190,6 +199,12 @@ def create_pipeline(
     )
     transform.add_upstream_node(gate)
 
+    skew_config = skew_config or SkewConfig()
+    skew_check = TrainingServingSkew(examples=interaction_gen.outputs["examples"], request_log_dir=request_log_dir,
+                                     config=skew_config.to_json())
+    if skew_config.action == "stop":
+        transform.add_upstream_node(skew_check)
+
     # Item-text embeddings, reusing the previous run's for texts (and encoder) seen before.
     embeddings_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
@@ -216,6 +231,8 @@ def create_pipeline(
         custom_config={"model": model_config.to_dict()},
     )
     trainer.add_upstream_node(gate)
+    if skew_config.action == "stop":
+        trainer.add_upstream_node(skew_check)
 
     baseline_resolvers = _baseline_resolvers(baseline_resolution, evaluation_config.baseline_window, latest_blessed)
     evaluator = RetrievalEvaluator(
@@ -248,10 +265,11 @@ def create_pipeline(
         pushed_model=pusher.outputs["pushed_model"],
         report_dir=report_dir,
         pipeline_name=pipeline_name,
+        skew_anomalies=skew_check.outputs["anomalies"],
     )
 
     components = [interaction_gen, item_gen, i_stats, i_schema, i_validator, c_stats, c_schema, c_validator,
-                  gate, transform, embeddings_resolver, embedder, latest_blessed, trainer,
+                  gate, skew_check, transform, embeddings_resolver, embedder, latest_blessed, trainer,
                   *(r for r in baseline_resolvers.values() if r is not latest_blessed),
                   evaluator, serving_check, pusher, report]
     return tfx.dsl.Pipeline(

@@ -5,7 +5,8 @@ The `RunReport` component runs last (after Pusher) and writes into its output ar
 and copies report.html / summary.json to `<report_dir>/latest.html|json` (by default
 `<OUTPUT_DIR>/reports/`). Contents: blessing decision and reasons (evaluator + serving check),
 whether/where the model was pushed, data statistics (StatisticsGen), candidate vs. previous model
-metrics, slices, serving latency and checks.
+metrics, slices, serving latency and checks, training/serving skew (TrainingServingSkew: measurements
+and anomalies, or why it was skipped).
 
     python -m pipeline.report --latest     # "Model blessed: yes (...) — report: <path>"
 
@@ -77,6 +78,27 @@ def statistics_summary(artifact) -> dict[str, Any]:
                 feats[name] = info
             out[split] = {"examples": int(dataset.num_examples), "features": feats}
     return out
+
+
+def skew_summary(anomalies) -> Optional[dict]:
+    """TrainingServingSkew's result (`skew.json` in its ExampleAnomalies artifact); None without one."""
+    return _read_json(os.path.join(anomalies.uri, "skew.json")) if anomalies is not None else None
+
+
+def _skew_html(skew: Optional[dict]) -> str:
+    if not skew:
+        return ""
+    verdict = "SKEW" if skew.get("skewed") else skew.get("status", "")
+    parts = [f"<h2 class='{'no' if skew.get('skewed') else 'yes'}'>Training/serving skew: {html.escape(verdict)}</h2>",
+             f"<p>{html.escape(skew.get('reason', ''))} ({skew.get('requests', 0)} logged query rows in "
+             f"{skew.get('files', 0)} file(s) of {html.escape(skew.get('request_log') or 'no request log')}; "
+             f"action on skew: {html.escape(skew.get('action', ''))})</p>"]
+    if skew.get("measurements"):
+        parts.append(_table(["feature", "comparator", "training vs. requests", "threshold", "result"],
+                            [[m["feature"], m["comparator"], m["value"], m["threshold"],
+                              "SKEW" if m["value"] > m["threshold"] else "ok"] for m in skew["measurements"]]))
+    parts += [f"<p>{html.escape(a)}</p>" for a in skew.get("anomalies", [])]
+    return "\n".join(parts)
 
 
 # -- plots ---------------------------------------------------------------------------------------
@@ -201,6 +223,7 @@ def render_html(summary: dict, plots: dict[str, bytes]) -> str:
     evaluation = summary.get("evaluation") or {}
     serving = summary.get("serving") or {}
     parts.append("<h2>Gates</h2>" + _table(["gate", "result", "check (numbers)"], gate_rows(summary)))
+    parts.append(_skew_html(summary.get("skew")))
 
     parts.append("<h2>Data</h2>" + img("data.png"))
     for source, splits in (summary.get("data") or {}).items():
@@ -316,11 +339,13 @@ def RunReport(
     report: tfx.dsl.components.OutputArtifact[HtmlReport],
     report_dir: tfx.dsl.components.Parameter[str] = "",
     pipeline_name: tfx.dsl.components.Parameter[str] = "",
+    skew_anomalies: tfx.dsl.components.InputArtifact[standard_artifacts.ExampleAnomalies] = None,
 ) -> None:
     """Writes report.html (+ PNGs, summary.json) and copies it to `<report_dir>/latest.html`."""
     statistics = {"interactions": statistics_summary(interaction_statistics),
                   "items": statistics_summary(item_statistics)}
     summary = _summary(evaluation.uri, model_blessing, infra_blessing, statistics, pushed_model, pipeline_name)
+    summary["skew"] = skew_summary(skew_anomalies)
     path = write_report(report.uri, summary, report_dir or None)
     report.set_int_custom_property("blessed", int(summary["blessed"]))
     report.set_string_custom_property("reason", summary["reason"][:2000])
@@ -384,6 +409,8 @@ def latest_status(metadata_path: str, report_dir: Optional[str] = None) -> str:
         path = os.path.join(report_dir, LATEST_HTML)
     blessed = "yes" if summary.get("blessed") else "no"
     pushed = f"; pushed to {summary['pushed']}" if summary.get("pushed") else "; not pushed"
+    skew = summary.get("skew") or {}
+    pushed += f"; training/serving SKEW: {skew.get('reason')}" if skew.get("skewed") else ""
     return f"Model blessed: {blessed} ({summary.get('reason', '')}{pushed}) — report: {path}"
 
 

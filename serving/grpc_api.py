@@ -22,6 +22,7 @@ from serving import examples_api
 from serving.codec import TensorLimits, ndarray_to_proto, proto_to_ndarray
 from serving.errors import ServingError, invalid
 from serving.manager import ModelManager
+from serving.request_log import RequestLogger
 
 log = logging.getLogger("serving.grpc")
 
@@ -55,9 +56,11 @@ class _Service:
 
 
 class PredictionService(_Service, prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager, limits: TensorLimits, request_timeout_s: float):
+    def __init__(self, manager: ModelManager, limits: TensorLimits, request_timeout_s: float,
+                 request_logger: RequestLogger | None = None):
         super().__init__(manager, request_timeout_s)
         self.limits = limits
+        self.request_logger = request_logger
 
     def Predict(self, request, context):
         try:
@@ -74,6 +77,8 @@ class PredictionService(_Service, prediction_service_pb2_grpc.PredictionServiceS
         response.model_spec.signature_name = signature
         for name, array in outputs.items():
             ndarray_to_proto(array, response.outputs[name])
+        if self.request_logger is not None:
+            self.request_logger.log_grpc_predict(request, response)
         return response
 
     def _examples_call(self, request, context, run, response):
@@ -156,7 +161,8 @@ def status_response(states) -> get_model_status_pb2.GetModelStatusResponse:
 
 
 def add_services(server: grpc.Server, manager: ModelManager, limits: TensorLimits = TensorLimits(),
-                 request_timeout_s: float = 30.0) -> None:
+                 request_timeout_s: float = 30.0, request_logger: RequestLogger | None = None) -> None:
+    """PredictionService (Predict sampled into `request_logger`, if any) and ModelService on `server`."""
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(manager, limits, request_timeout_s), server)
+        PredictionService(manager, limits, request_timeout_s, request_logger), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, request_timeout_s), server)

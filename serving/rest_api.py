@@ -30,6 +30,7 @@ from serving.codec import TensorLimits
 from serving.errors import ServingError, invalid
 from serving.grpc_api import status_response
 from serving.manager import ModelManager
+from serving.request_log import RequestLogger
 
 log = logging.getLogger("serving.rest")
 
@@ -57,8 +58,12 @@ def _model_spec(match) -> tuple[str, int | None, str | None]:
     return name, version, label
 
 
-def make_handler(manager: ModelManager, options: RestOptions = RestOptions()):
-    """A BaseHTTPRequestHandler class serving ``manager`` (one instance per connection)."""
+def make_handler(manager: ModelManager, options: RestOptions = RestOptions(),
+                 request_logger: RequestLogger | None = None):
+    """A BaseHTTPRequestHandler class serving ``manager`` (one instance per connection).
+
+    Predict requests are sampled into ``request_logger`` (``serving.request_log``) when one is given.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -143,6 +148,8 @@ def make_handler(manager: ModelManager, options: RestOptions = RestOptions()):
                                       f"found in signature def")
                     fmt, arrays = rest_json.predict_inputs_from_json(doc, sig.inputs, options.limits)
                     _, outputs = servable.predict(sig.name, arrays, (), deadline)
+                    if request_logger is not None:
+                        request_logger.log_arrays_predict(name, servable.version, sig.name, arrays, outputs)
                     return rest_json.predict_outputs_to_json(outputs, fmt)
                 request = _examples_request(method, signature_name, doc)
                 if method == "classify":

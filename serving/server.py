@@ -2,6 +2,7 @@
 
     python -m serving.server --model_base_path outputs/serving_model/tower_recs --model_name tower_recs \\
         [--port 8500] [--rest_api_port 8501] [--enable_batching true|false] [--batching_parameters_file F]
+        [--request_logging_config_file F | --request_log_dir D --request_log_sampling_rate R]
 
 Production runs the stock ``tensorflow/serving:2.16.1`` image (serving/Dockerfile) with the same batching
 file: by default this server batches exactly as production does (``--enable_batching`` true,
@@ -14,6 +15,11 @@ Modules: ``codec`` (TensorProto <-> numpy, limits), ``rest_json`` (JSON <-> tens
 version's signatures), ``batching``, ``manager`` (version policy, warmup, retries, drain), ``grpc_api``,
 ``rest_api``, ``examples_api`` (Classify/Regress), ``testing`` (a server subprocess for tests/benchmarks).
 Binds 127.0.0.1 unless told otherwise.
+
+Request log (off by default): a sampled log of Predict requests and responses in TF Serving's format
+(TFRecord files of PredictionLog, ``serving.request_log``), configured by TF Serving's ``LoggingConfig``
+text (``serving/config/request_logging.config``) or by ``--request_log_dir``/``--request_log_sampling_rate``;
+``python -m serving.skew`` compares it with the training data.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from serving.batching import DEFAULT_PARAMETERS_FILE, BatchingOptions
 from serving.codec import TensorLimits
 from serving.grpc_api import add_services
 from serving.manager import ModelManager
+from serving.request_log import RequestLogConfig, RequestLogger
 from serving.rest_api import RestOptions, make_handler
 
 log = logging.getLogger("serving.server")
@@ -61,24 +68,27 @@ class Server:
     def __init__(self, manager: ModelManager, host: str = "127.0.0.1", port: int = 8500, rest_api_port: int = 8501,
                  grpc_max_threads: int = 4 * (os.cpu_count() or 1), grpc_arguments: list | None = None,
                  limits: TensorLimits = TensorLimits(), rest: RestOptions = RestOptions(),
-                 rest_api_num_threads: int = 0):
+                 rest_api_num_threads: int = 0, request_logger: RequestLogger | None = None):
         self.manager = manager
+        self.request_logger = request_logger
         options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES), *(grpc_arguments or [])]
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=grpc_max_threads, thread_name_prefix="grpc"),
                                 options=options)
-        add_services(self.grpc, manager, limits, rest.timeout_s)
+        add_services(self.grpc, manager, limits, rest.timeout_s, request_logger)
         self.port = self.grpc.add_insecure_port(f"{host}:{port}")
         if not self.port:
             raise OSError(f"could not bind gRPC to {host}:{port}")
         self.http = None
         if rest_api_port:
-            self.http = ThreadingHTTPServer((host, rest_api_port), make_handler(manager, rest))
+            self.http = ThreadingHTTPServer((host, rest_api_port), make_handler(manager, rest, request_logger))
             self.http.daemon_threads = True
         self.rest_api_port = self.http.server_address[1] if self.http else 0
         self.host = host
 
     def start(self) -> "Server":
+        if self.request_logger is not None:
+            self.request_logger.start()
         self.grpc.start()
         log.info("Running gRPC ModelServer at %s:%d ...", self.host, self.port)
         if self.http:
@@ -94,6 +104,8 @@ class Server:
             self.http.shutdown()
             self.http.server_close()
         self.grpc.stop(grace=2).wait()
+        if self.request_logger is not None:
+            self.request_logger.close()       # the queued records, then the open file gets its final name
 
 
 def _bool(text: str) -> bool:
@@ -147,12 +159,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=1, help="(0: TF's default)")
     p.add_argument("--drain_timeout_s", type=float, default=25.0,
                    help="on SIGTERM, how long in-flight requests may take (below Kubernetes' grace period)")
+    p.add_argument("--request_logging_config_file", default=None,
+                   help="TF Serving LoggingConfig text (serving/config/request_logging.config): log_collector_config "
+                        "{type: \"tfrecord\" filename_prefix} and sampling_config {sampling_rate}")
+    p.add_argument("--request_log_dir", default=None,
+                   help="write sampled Predict requests to <dir>/<model_name>-*.tfrecord (PredictionLog)")
+    p.add_argument("--request_log_sampling_rate", type=float, default=None,
+                   help="fraction of requests logged, in [0, 1] (default with --request_log_dir: 0.01)")
+    p.add_argument("--request_log_max_file_bytes", type=int, default=64 << 20, help="a log file is closed at this size")
+    p.add_argument("--request_log_max_file_age_s", type=float, default=300.0,
+                   help="... or this old (readers only see closed files)")
+    p.add_argument("--request_log_max_files", type=int, default=100,
+                   help="closed log files kept, oldest deleted first (0: all)")
     p.add_argument("--log_level", default="INFO")
     args = p.parse_args(argv)
     if args.batching_parameters_file and not args.enable_batching:
         p.error("--batching_parameters_file is set without setting --enable_batching to true "
                 "(TF Serving refuses this too)")
+    if args.request_logging_config_file and (args.request_log_dir or args.request_log_sampling_rate is not None):
+        p.error("--request_logging_config_file and --request_log_dir/--request_log_sampling_rate are exclusive")
+    if args.request_log_sampling_rate is not None and not args.request_log_dir:
+        p.error("--request_log_sampling_rate needs --request_log_dir")
+    try:
+        args.request_log = request_log_config(args)
+    except (OSError, ValueError) as e:
+        p.error(f"request log: {e}")
     return args
+
+
+def request_log_config(args: argparse.Namespace) -> RequestLogConfig | None:
+    """The request log the flags ask for (None: no logging, the default)."""
+    limits = dict(max_file_bytes=args.request_log_max_file_bytes, max_file_age_s=args.request_log_max_file_age_s,
+                  max_files=args.request_log_max_files)
+    if args.request_logging_config_file:
+        with open(args.request_logging_config_file, encoding="utf-8") as f:
+            return RequestLogConfig.from_logging_config(f.read(), **limits)
+    if args.request_log_dir:
+        rate = 0.01 if args.request_log_sampling_rate is None else args.request_log_sampling_rate
+        return RequestLogConfig.for_directory(args.request_log_dir, args.model_name, rate, **limits)
+    return None
 
 
 def build(args: argparse.Namespace) -> Server:
@@ -176,8 +221,9 @@ def build(args: argparse.Namespace) -> Server:
     rest = RestOptions(args.rest_api_max_body_bytes, args.rest_api_max_json_depth,
                        args.rest_api_timeout_in_ms / 1000, limits)
     manager.start()
+    logger = RequestLogger(args.request_log) if args.request_log else None
     return Server(manager, args.host, args.port, args.rest_api_port, args.grpc_max_threads,
-                  grpc_channel_arguments(args.grpc_channel_arguments), limits, rest)
+                  grpc_channel_arguments(args.grpc_channel_arguments), limits, rest, request_logger=logger)
 
 
 def main(argv=None) -> int:
