@@ -112,6 +112,11 @@ def fingerprint(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def read_catalogue_csv(path: str) -> Catalogue:
     """The CSV checked with data.prepare's item rules; DataError naming file, line and column otherwise."""
     source = Source("items", path=path)
@@ -233,6 +238,21 @@ def embed_items(served, items: pd.DataFrame) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros([0, 0], np.float32)
 
 
+def write_version(served: ServedCatalogue, index: tf.Module, fingerprints: dict, cfg: ModelConfig,
+                  export_dir: str) -> None:
+    """Saves the served towers with `index` to `export_dir`: the four signatures, the served version's warmup
+    requests and `CATALOGUE_FILE` ({item_id: text fingerprint} of the index's items)."""
+    module = RefreshedModule(served.towers, index, cfg.default_k)
+    tf.saved_model.save(module, export_dir, signatures=module.signatures())
+    os.makedirs(os.path.join(export_dir, os.path.dirname(layout.WARMUP_FILE)), exist_ok=True)
+    shutil.copyfile(os.path.join(served.version_dir, layout.WARMUP_FILE), os.path.join(export_dir, layout.WARMUP_FILE))
+    # Ids in the index's own order (an IVF index sorts them by partition), the order of its vectors.
+    index_ids = [i.decode("utf-8") for i in index.item_ids.numpy()]
+    with open(os.path.join(export_dir, CATALOGUE_FILE), "w", encoding="utf-8") as f:
+        json.dump({"trained_version": int(os.path.basename(served.trained_dir)), "item_ids": index_ids,
+                   "fingerprints": [fingerprints[i] for i in index_ids]}, f)
+
+
 def next_version(base_path: str) -> int:
     """Unix seconds, as TFX's Pusher names versions, and always above the latest version."""
     return max([int(time.time())] + [v + 1 for v in layout.version_dirs(base_path)])
@@ -246,11 +266,11 @@ def refresh(items_csv: str, model_base_path: str, model_name: str, cfg: ModelCon
                          ServingCheckConfig())
         record["version"], record["items"]["new"], record["seconds"]["embed"]
 
+    A catalogue identical to the served one (same ids and texts) pushes nothing: `record["version"]` is None.
+
     Raises:
       DataError: the CSV breaks a rule (data.prepare's message); nothing was written.
       RefreshRejected: ServingCheck did not bless the refreshed model; nothing was pushed.
-
-    A catalogue identical to the served one (same ids and texts) pushes nothing: `record["version"]` is None.
       FileNotFoundError: no served version under `model_base_path`.
     """
     seconds: dict[str, float] = {}
@@ -291,16 +311,7 @@ def refresh(items_csv: str, model_base_path: str, model_name: str, cfg: ModelCon
     staging = os.path.join(model_base_path, f"{STAGING_PREFIX}{version}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        module = RefreshedModule(served.towers, index, cfg.default_k)
-        tf.saved_model.save(module, staging, signatures=module.signatures())
-        os.makedirs(os.path.join(staging, os.path.dirname(layout.WARMUP_FILE)), exist_ok=True)
-        shutil.copyfile(os.path.join(base_dir, layout.WARMUP_FILE), os.path.join(staging, layout.WARMUP_FILE))
-        with open(os.path.join(staging, CATALOGUE_FILE), "w", encoding="utf-8") as f:
-            # Ids in the index's own order (an IVF index sorts them by partition), like its vectors.
-            order = {item_id: i for i, item_id in enumerate(catalogue.ids)}
-            index_ids = [i.decode("utf-8") for i in index.item_ids.numpy()]
-            json.dump({"trained_version": int(os.path.basename(served.trained_dir)), "item_ids": index_ids,
-                       "fingerprints": [prints[order[i]] for i in index_ids]}, f)
+        write_version(served, index, dict(zip(catalogue.ids, prints)), cfg, staging)
         lap("export")
 
         result = serving_check.probe(staging, check_cfg)
@@ -310,6 +321,7 @@ def refresh(items_csv: str, model_base_path: str, model_name: str, cfg: ModelCon
             raise RefreshRejected("ServingCheck did not bless the refreshed model:\n  " + "\n  ".join(reasons))
 
         os.rename(staging, os.path.join(model_base_path, str(version)))
+        pushed_at = time.time()
         lap("push")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -320,7 +332,7 @@ def refresh(items_csv: str, model_base_path: str, model_name: str, cfg: ModelCon
         "version": version,
         "base_version": int(os.path.basename(base_dir)),
         "items_csv": os.path.basename(items_csv),
-        "items_csv_sha256": hashlib.sha256(open(items_csv, "rb").read()).hexdigest(),
+        "items_csv_sha256": file_sha256(items_csv),
         "previous_texts_from": served.fingerprints_from,
         "towers_from_version": int(os.path.basename(served.trained_dir)),
         "items": {"total": len(catalogue.ids), "new": len(new_ids), "changed": int((~keep).sum()) - len(new_ids),
@@ -328,6 +340,7 @@ def refresh(items_csv: str, model_base_path: str, model_name: str, cfg: ModelCon
         "index": type(index).__name__,
         "serving_check": reasons,
         "seconds": {**seconds, "total": round(sum(seconds.values()), 3)},
+        "pushed_at": pushed_at,   # unix time of the rename: when TF Serving can first see the version
     }
     with open(os.path.join(model_base_path, f"{RECORD_PREFIX}{version}.json"), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
