@@ -8,6 +8,7 @@ items absent from it are removed from the served index. Each step is timed:
 
   validate  data.prepare's rules and messages (`data/validation.py`): ids, blank titles, duplicate ids; unknown
             columns are rejected too (a misspelt `descripton` would silently change every vector).
+  load      the latest version's catalogue (ids, vectors, text fingerprints) and the towers to reuse.
   embed     only items that are new or whose text changed, with the served model's own `candidate_embedding`
             signature; every other item keeps its vector, read from the served model's index. What the served
             catalogue's texts were comes from the version itself (`CATALOGUE_FILE`, written by every refresh) or,
@@ -21,7 +22,8 @@ items absent from it are removed from the served index. Each step is timed:
             Serving ignores), so TF Serving and `serving/manager.py` see the version appear whole and swap to it
             after its warmup; `<base>/refresh-<version>.json` records what changed and the timings.
 
-Any rejection (bad CSV, failed check) leaves the served versions as they were. A plain module rather than a
+Any rejection (bad CSV, failed check) leaves the served versions as they were. Run one refresh at a time
+per base path (a scheduler's job, like the pipeline's runs). A plain module rather than a
 TFX pipeline: the gates are the same functions the pipeline runs, and an ExampleGen + ML Metadata run per
 refresh would spend much of the 60 s budget on orchestration; the record beside each version is its history.
 """

@@ -17,6 +17,7 @@ import urllib.request
 import pytest
 
 from data.prepare import main as prepare_main
+from data.source import DataError
 from pipeline import refresh_catalogue
 from serving import layout
 from serving.client import RecommenderClient
@@ -42,6 +43,22 @@ def _write(path, rows, fields=("item_id", "title", "categories", "description"))
 def _available_versions(srv):
     with urllib.request.urlopen(f"{srv.rest_url}/v1/models/{MODEL}", timeout=5) as r:
         return [int(v["version"]) for v in json.loads(r.read())["model_version_status"] if v["state"] == "AVAILABLE"]
+
+
+def test_catalogue_csv_rules_and_next_version(tmp_path):
+    good = _write(tmp_path / "good.csv", [{"item_id": "i1", "title": " Heat ", "categories": "Action|Crime",
+                                           "description": ""}])
+    catalogue = refresh_catalogue.read_catalogue_csv(good)
+    assert catalogue.ids == ["i1"] and catalogue.texts() == ["Heat. Action, Crime"]
+    misspelt = _write(tmp_path / "misspelt.csv", [{"item_id": "i1", "title": "Heat", "descripton": "x"}],
+                      ("item_id", "title", "descripton"))
+    with pytest.raises(DataError, match=r"misspelt.csv: line 1 \(header\): unknown column\(s\) \['descripton'\]"):
+        refresh_catalogue.read_catalogue_csv(misspelt)
+    # The next version is above every version there, even one "from the future" (a clock set back).
+    os.makedirs(tmp_path / "base" / "99999999999")
+    open(tmp_path / "base" / "99999999999" / layout.SAVED_MODEL_FILE, "w").close()
+    assert refresh_catalogue.next_version(str(tmp_path / "base")) == 100000000000
+    assert refresh_catalogue.next_version(str(tmp_path / "empty")) >= int(time.time()) - 1
 
 
 @pytest.fixture(scope="module")
