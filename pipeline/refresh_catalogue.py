@@ -22,14 +22,15 @@ items absent from it are removed from the served index. Each step is timed:
             Serving ignores), so TF Serving and `serving/manager.py` see the version appear whole and swap to it
             after its warmup; `<base>/refresh-<version>.json` records what changed and the timings.
 
-Any rejection (bad CSV, failed check) leaves the served versions as they were. Run one refresh at a time
-per base path (a scheduler's job, like the pipeline's runs). A plain module rather than a
+Any rejection (bad CSV, failed check) leaves the served versions as they were. A second refresh of the same
+base path while one runs is refused (`LOCK_FILE`), so two cannot race for a version number. A plain module rather than a
 TFX pipeline: the gates are the same functions the pipeline runs, and an ExampleGen + ML Metadata run per
 refresh would spend much of the 60 s budget on orchestration; the record beside each version is its history.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -59,6 +60,7 @@ from trainer.serving_model import RecommenderModule
 # towers come from), inside the version: TF Serving ignores assets.extra/ files other than its warmup file.
 CATALOGUE_FILE = os.path.join("assets.extra", "catalogue.json")
 RECORD_PREFIX = "refresh-"
+LOCK_FILE = ".refresh.lock"
 STAGING_PREFIX = ".refresh-"
 EMBED_BATCH = 256
 # The served index's vectors in a version's checkpoint (the `index.item_vectors` variable of the module).
@@ -255,6 +257,20 @@ def write_version(served: ServedCatalogue, index: tf.Module, fingerprints: dict,
                    "fingerprints": [fingerprints[i] for i in index_ids]}, f)
 
 
+@contextlib.contextmanager
+def exclusive(model_base_path: str):
+    """Holds `<base>/LOCK_FILE` (an advisory lock the OS drops if the process dies); RefreshRejected if taken."""
+    import fcntl
+
+    path = os.path.join(model_base_path, LOCK_FILE)
+    with open(path, "w", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RefreshRejected(f"another refresh of {model_base_path} is running (it holds {path})") from None
+        yield
+
+
 def next_version(base_path: str) -> int:
     """Unix seconds, as TFX's Pusher names versions, and always above the latest version."""
     return max([int(time.time())] + [v + 1 for v in layout.version_dirs(base_path)])
@@ -272,7 +288,8 @@ def refresh(items_csv: str, model_base_path: str, model_name: str, cfg: ModelCon
 
     Raises:
       DataError: the CSV breaks a rule (data.prepare's message); nothing was written.
-      RefreshRejected: ServingCheck did not bless the refreshed model; nothing was pushed.
+      RefreshRejected: ServingCheck did not bless the refreshed model, or another refresh of the base path is
+        running; nothing was pushed.
       FileNotFoundError: no served version under `model_base_path`.
     """
     seconds: dict[str, float] = {}
@@ -287,66 +304,67 @@ def refresh(items_csv: str, model_base_path: str, model_name: str, cfg: ModelCon
     catalogue = read_catalogue_csv(items_csv)
     texts = catalogue.texts()
     lap("validate")
+    layout.latest_version_dir(model_base_path)   # FileNotFoundError naming the dir when nothing is served
+    with exclusive(model_base_path):   # held until the version is pushed or rejected
+        served = load_served(model_base_path, metadata_path)
+        base_dir, old_vectors = served.version_dir, served.vectors
+        prints = [fingerprint(t) for t in texts]
+        keep = np.array([item_id in old_vectors and served.fingerprints.get(item_id) == p
+                         for item_id, p in zip(catalogue.ids, prints)], bool)
+        removed = sorted(set(old_vectors) - set(catalogue.ids))
+        lap("load")
+        if keep.all() and not removed:
+            return {"model_name": model_name, "version": None, "base_version": int(os.path.basename(base_dir)),
+                    "unchanged": True, "seconds": seconds}
 
-    served = load_served(model_base_path, metadata_path)
-    base_dir, old_vectors = served.version_dir, served.vectors
-    prints = [fingerprint(t) for t in texts]
-    keep = np.array([item_id in old_vectors and served.fingerprints.get(item_id) == p
-                     for item_id, p in zip(catalogue.ids, prints)], bool)
-    removed = sorted(set(old_vectors) - set(catalogue.ids))
-    lap("load")
-    if keep.all() and not removed:
-        return {"model_name": model_name, "version": None, "base_version": int(os.path.basename(base_dir)),
-                "unchanged": True, "seconds": seconds}
+        vectors = np.zeros([len(catalogue.ids), len(next(iter(old_vectors.values())))], np.float32)
+        if keep.any():
+            vectors[keep] = np.stack([old_vectors[i] for i, k in zip(catalogue.ids, keep) if k])
+        if (~keep).any():
+            vectors[~keep] = embed_items(served.towers, catalogue.columns[~keep])
+        lap("embed")
 
-    vectors = np.zeros([len(catalogue.ids), len(next(iter(old_vectors.values())))], np.float32)
-    if keep.any():
-        vectors[keep] = np.stack([old_vectors[i] for i, k in zip(catalogue.ids, keep) if k])
-    if (~keep).any():
-        vectors[~keep] = embed_items(served.towers, catalogue.columns[~keep])
-    lap("embed")
+        index = build_index(catalogue.ids, vectors, cfg)
+        lap("index")
 
-    index = build_index(catalogue.ids, vectors, cfg)
-    lap("index")
-
-    version = next_version(model_base_path)
-    staging = os.path.join(model_base_path, f"{STAGING_PREFIX}{version}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        write_version(served, index, dict(zip(catalogue.ids, prints)), cfg, staging)
-        lap("export")
-
-        result = serving_check.probe(staging, check_cfg)
-        blessed, reasons = serving_check.judge(result, check_cfg, set(catalogue.ids))
-        lap("check")
-        if not blessed:
-            raise RefreshRejected("ServingCheck did not bless the refreshed model:\n  " + "\n  ".join(reasons))
-
-        os.rename(staging, os.path.join(model_base_path, str(version)))
-        pushed_at = time.time()
-        lap("push")
-    finally:
+        version = next_version(model_base_path)
+        staging = os.path.join(model_base_path, f"{STAGING_PREFIX}{version}")
         shutil.rmtree(staging, ignore_errors=True)
+        try:
+            write_version(served, index, dict(zip(catalogue.ids, prints)), cfg, staging)
+            lap("export")
 
-    new_ids = set(catalogue.ids) - set(old_vectors)
-    record = {
-        "model_name": model_name,
-        "version": version,
-        "base_version": int(os.path.basename(base_dir)),
-        "items_csv": os.path.basename(items_csv),
-        "items_csv_sha256": file_sha256(items_csv),
-        "previous_texts_from": served.fingerprints_from,
-        "towers_from_version": int(os.path.basename(served.trained_dir)),
-        "items": {"total": len(catalogue.ids), "new": len(new_ids), "changed": int((~keep).sum()) - len(new_ids),
-                  "kept": int(keep.sum()), "removed": len(removed)},
-        "index": type(index).__name__,
-        "serving_check": reasons,
-        "seconds": {**seconds, "total": round(sum(seconds.values()), 3)},
-        "pushed_at": pushed_at,   # unix time of the rename: when TF Serving can first see the version
-    }
-    with open(os.path.join(model_base_path, f"{RECORD_PREFIX}{version}.json"), "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
-    return record
+            result = serving_check.probe(staging, check_cfg)
+            blessed, reasons = serving_check.judge(result, check_cfg, set(catalogue.ids))
+            lap("check")
+            if not blessed:
+                raise RefreshRejected("ServingCheck did not bless the refreshed model:\n  " + "\n  ".join(reasons))
+
+            os.rename(staging, os.path.join(model_base_path, str(version)))
+            pushed_at = time.time()
+            lap("push")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+        new_ids = set(catalogue.ids) - set(old_vectors)
+        record = {
+            "model_name": model_name,
+            "version": version,
+            "base_version": int(os.path.basename(base_dir)),
+            "items_csv": os.path.basename(items_csv),
+            "items_csv_sha256": file_sha256(items_csv),
+            "previous_texts_from": served.fingerprints_from,
+            "towers_from_version": int(os.path.basename(served.trained_dir)),
+            "items": {"total": len(catalogue.ids), "new": len(new_ids), "changed": int((~keep).sum()) - len(new_ids),
+                      "kept": int(keep.sum()), "removed": len(removed)},
+            "index": type(index).__name__,
+            "serving_check": reasons,
+            "seconds": {**seconds, "total": round(sum(seconds.values()), 3)},
+            "pushed_at": pushed_at,   # unix time of the rename: when TF Serving can first see the version
+        }
+        with open(os.path.join(model_base_path, f"{RECORD_PREFIX}{version}.json"), "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2)
+        return record
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -61,6 +61,20 @@ def test_catalogue_csv_rules_and_next_version(tmp_path):
     assert refresh_catalogue.next_version(str(tmp_path / "empty")) >= int(time.time()) - 1
 
 
+def test_a_second_refresh_of_the_same_base_path_is_refused(tmp_path):
+    from pipeline.components.gate_config import ServingCheckConfig
+    from trainer.model_config import ModelConfig
+
+    base = tmp_path / MODEL
+    os.makedirs(base / "1")
+    open(base / "1" / layout.SAVED_MODEL_FILE, "w").close()
+    good = _write(tmp_path / "good.csv", [{"item_id": "i1", "title": "Heat", "categories": "", "description": ""}])
+    with refresh_catalogue.exclusive(str(base)):   # a refresh in progress
+        with pytest.raises(refresh_catalogue.RefreshRejected, match="another refresh of .* is running"):
+            refresh_catalogue.refresh(good, str(base), MODEL, ModelConfig(), ServingCheckConfig())
+    assert layout.version_dirs(str(base)) == [1]
+
+
 @pytest.fixture(scope="module")
 def served(cli_pipeline_run, tmp_path_factory):
     pushed = cli_pipeline_run["model_base"]
