@@ -23,7 +23,7 @@ SAMPLE_USER ?=
 # MovieLens folder for `make bench-quality` (ml-latest-small, ml-100k or ml-1m files).
 MOVIELENS ?= ../shared/data/ml-latest-small
 
-.PHONY: help setup encoder sample run run-python test test-fast bench bench-quality bench-serving bench-encoder bench-scale bench-ann bench-warm-start bench-request-log serve skew kubeflow clean
+.PHONY: help setup encoder sample run run-python test test-fast bench bench-quality bench-serving bench-encoder bench-scale bench-ann bench-warm-start bench-request-log bench-refresh refresh-catalogue serve skew kubeflow clean
 
 help:  ## List targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -94,6 +94,13 @@ bench-serving: setup encoder sample  ## Serving latency/throughput vs a numpy to
 SCALE_SIZES ?= 150k,1.5M,5M
 bench-scale: setup encoder  ## The pipeline at 150k / 1.5M / 5M interactions: per-component time, rows/s, RSS.
 	$(PY) -m benchmarks.scaling --sizes $(SCALE_SIZES) --out benchmarks/results
+
+refresh-catalogue: setup  ## New item catalogue, no retraining: make refresh-catalogue ITEMS=<csv> (pushes the next version).
+	@test -n "$(ITEMS)" || { echo "usage: make refresh-catalogue ITEMS=<full new catalogue CSV>" >&2; exit 2; }
+	$(PY) -m pipeline.refresh_catalogue --items $(ITEMS)
+
+bench-refresh: setup encoder  ## Catalogue refresh: 1,000 new items on a 60k catalogue, CSV to served version, swap under load.
+	$(PY) -m benchmarks.catalogue_refresh --out benchmarks/results
 
 # `make serve REQUEST_LOG_DIR=outputs/request_log` also logs a sample of the requests (serving/request_log.py).
 REQUEST_LOG_DIR ?=

@@ -61,6 +61,14 @@ def check_columns(df: pd.DataFrame, required: Iterable[str], source: Source) -> 
         raise DataError(f"{source.where}: no data rows")
 
 
+def check_known_columns(df: pd.DataFrame, known: Sequence[str], source: Source) -> None:
+    """The frame has no column outside ``known`` (a misspelt optional column would otherwise be dropped)."""
+    unknown = [c for c in df.columns if c not in known]
+    if unknown:
+        header = "line 1 (header): " if source.path and source.header else ""
+        raise DataError(f"{source.where}: {header}unknown column(s) {unknown}; expected only {list(known)}")
+
+
 def check_ids(series: pd.Series, column: str, source: Source) -> pd.Series:
     """Ids as str; rejects the rows of the first broken id rule (blank, whitespace, number-like)."""
     ids = series.fillna("").astype(str)
