@@ -340,3 +340,52 @@ def test_spanned_runs_read_the_latest_span_window_and_drift_warns_or_stops_the_p
         run(drift_config=DriftConfig(stop_on_drift=True))  # the same span again, now drift stops the run
     assert "nothing was trained or pushed" in str(failure.value)
     assert len(os.listdir(serving)) == 2, "a run stopped by drift pushed a model"
+
+
+@pytest.mark.slow
+def test_kubeflow_spec_reads_the_latest_span_and_checks_drift(tmp_path):
+    from pipeline import kubeflow_runner
+
+    out = tmp_path / "spec.json"
+    assert kubeflow_runner.main(["--output", str(out), "--spans", "--bucket", "gs://b"]) == 0
+    spec = json.loads(out.read_text())
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert {"SpanDriftValidator", "LatestSpanStatisticsResolver"} <= set(tasks)
+    assert "span-{SPAN}/train/*" in json.dumps(tasks["InteractionExampleGen"])
+    # Without --spans the compiler does not look into the bucket: the unspanned layout.
+    assert kubeflow_runner.main(["--output", str(tmp_path / "flat.json"), "--bucket", "gs://b"]) == 0
+    assert "SpanDriftValidator" not in (tmp_path / "flat.json").read_text()
+
+
+# -- recurring runs: the documented commands parse ----------------------------------------------------
+def test_documented_kfp_recurring_run_command_parses(tmp_path):
+    import shlex
+
+    from kfp.cli import recurring_run
+
+    text = open(os.path.join(PROJECT_DIR, "deploy", "README.md"), encoding="utf-8").read()
+    line = next(ln for ln in text.splitlines() if ln.startswith("kfp ") and "recurring-run create" in ln)
+    package = "outputs/kubeflow/tower-recs.yaml"  # what `pipeline.kubeflow_runner --output ...json` writes
+    assert package in line
+    (tmp_path / "spec.yaml").write_text("{}")
+    args = shlex.split(line.split("recurring-run create", 1)[1].replace(package, str(tmp_path / "spec.yaml")))
+    ctx = recurring_run.create.make_context("create", args)  # unknown options raise
+    assert ctx.params["cron_expression"] == "0 30 2 * * *" and ctx.params["max_concurrency"] == 1
+    assert ctx.params["catchup"] is False and ctx.params["experiment_name"] == "tower-recs"
+
+
+def test_systemd_unit_runs_the_tfx_cli_with_valid_span_settings():
+    import configparser
+
+    from pipeline.overrides import from_env
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read(os.path.join(PROJECT_DIR, "deploy", "systemd", "tower-recs-daily.service"))
+    assert unit["Service"]["ExecStart"].endswith("/.venv/bin/tfx run create --engine local --pipeline_name tower-recs")
+    environment = dict(kv.split("=", 1) for kv in unit["Service"]["Environment"].split())
+    assert from_env(SpanConfig(), "SPAN", environment).window == 7
+    assert from_env(DriftConfig(), "DRIFT", environment) == DriftConfig()
+    timer = configparser.ConfigParser(interpolation=None)
+    timer.read(os.path.join(PROJECT_DIR, "deploy", "systemd", "tower-recs-daily.timer"))
+    assert timer["Timer"]["OnCalendar"] == "*-*-* 02:30:00"
