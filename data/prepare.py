@@ -351,7 +351,7 @@ def read_contract(data_dir: str, span: Optional[int] = None) -> Tuple[pd.DataFra
 
 def summary_text(summary: dict) -> str:
     """What was written, plus every change made to the input (dropped duplicates, prefixed ids)."""
-    out_dir = summary["out_dir"]
+    out_dir = summary.get("out_dir") or os.path.dirname(os.path.dirname(os.path.dirname(summary["paths"]["train"])))
     lines = [
         f"wrote {summary['train_rows']} train + {summary['eval_rows']} eval interactions "
         f"({summary['users']} users), {summary['items']} items "
