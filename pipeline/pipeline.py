@@ -247,8 +247,8 @@ def create_pipeline(
         preprocessing_fn=preprocessing_fn,
     )
     transform.add_upstream_node(gate)
-    for node in span_nodes:
-        transform.add_upstream_node(node)  # drift that stops the run stops it before Transform
+    if span_nodes:
+        transform.add_upstream_node(span_nodes[-1])  # drift that stops the run stops it before Transform
 
     # Item-text embeddings, reusing the previous run's for texts (and encoder) seen before.
     embeddings_resolver = tfx.dsl.Resolver(
