@@ -1,6 +1,7 @@
 """MovieLens importer: ml-100k, ml-1m and ml-latest-small into the data contract.
 
     python -m data.movielens --src ../shared/data/ml-latest-small --out data/ml-latest-small
+    python -m data.movielens --src ../shared/data/ml-latest-small --out data/ml-spans --spans 6  # by time
 
 Ids become ``u<userId>`` / ``m<movieId>``; categories are the '|'-separated genres; for
 ml-latest-small the movie's tags (``tags.csv``, optional) become its description. All ratings are
@@ -209,13 +210,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="per-user fraction of latest interactions held out for eval (default 0.2)")
     parser.add_argument("--dedupe", action="store_true",
                         help="drop rows that exactly repeat an earlier row (and report how many) instead of failing")
+    parser.add_argument("--spans", type=int, default=0, help=prepare.SPANS_HELP)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
         inter, items = load_movielens(args.src, args.format)
         ratings, movies = sources(args.src, detect_format(args.src) if args.format == "auto" else args.format)
         summary = prepare.write_contract(inter, items, args.out, test_fraction=args.test_fraction,
-                                         dedupe=args.dedupe, interactions_source=ratings, items_source=movies)
+                                         dedupe=args.dedupe, spans=args.spans,
+                                         interactions_source=ratings, items_source=movies)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,13 @@ last ``test_fraction`` of that user's interactions by time are eval; every user 
 train interaction, so a user with a single interaction is train-only. Then a seeded
 ``new_user_fraction`` of users (default 5%, 0 disables) is moved entirely into eval: they have no
 train rows, so the evaluator's `new_users` slice measures quality for users the model never saw.
+
+Spans (``--spans N``): the interactions are cut by time into N consecutive ranges of about equal size
+and each is written, split as above, as its own span (the catalogue stays one folder)::
+
+    <out>/interactions/span-1/{train,eval}/interactions.csv   the oldest
+    ...
+    <out>/interactions/span-N/{train,eval}/interactions.csv   the newest (what the pipeline reads)
 """
 
 from __future__ import annotations
@@ -52,6 +59,19 @@ validate_items = validation.validate_items
 TRAIN_FILE = os.path.join("interactions", "train", "interactions.csv")
 EVAL_FILE = os.path.join("interactions", "eval", "interactions.csv")
 ITEMS_FILE = os.path.join("items", "items.csv")
+
+
+def span_file(span: int, split: str) -> str:
+    """Path of one span's split under a data dir, e.g. ``interactions/span-3/train/interactions.csv``."""
+    return os.path.join(contract.INTERACTIONS_DIR, contract.SPAN_DIR.format(SPAN=span), split, "interactions.csv")
+
+
+def spans(data_dir: str) -> List[int]:
+    """The span numbers under ``<data_dir>/interactions`` in order ([] for the unspanned layout)."""
+    base = os.path.join(data_dir, contract.INTERACTIONS_DIR)
+    found = [name[len(contract.SPAN_PREFIX):] for name in (os.listdir(base) if os.path.isdir(base) else [])
+             if name.startswith(contract.SPAN_PREFIX)]
+    return sorted(int(n) for n in found if n.isdigit())
 
 _ORDER = "_prepare_order"
 
@@ -155,6 +175,27 @@ def cold_item_split(
     return warm_df, cold_df, cold
 
 
+def time_spans(timestamps: np.ndarray, n_spans: int) -> np.ndarray:
+    """The span (1..n_spans) of each timestamp: consecutive time ranges with about equal row counts.
+
+    Rows with the same timestamp share a span. Raises ValueError when a span would be empty.
+
+        time_spans(np.array([5, 1, 3, 2]), 2)  # -> array([2, 1, 2, 1])
+    """
+    if n_spans < 1:
+        raise ValueError(f"spans must be >= 1, got {n_spans}")
+    ordered = np.sort(np.asarray(timestamps))
+    # Span k ends at the k-th quantile's timestamp (inclusive), so equal timestamps stay together.
+    cuts = ordered[(np.arange(1, n_spans) * len(ordered)) // n_spans - 1] if len(ordered) else ordered[:0]
+    span = np.searchsorted(cuts, timestamps, side="left") + 1
+    sizes = np.bincount(span, minlength=n_spans + 1)[1:]
+    if len(ordered) and (sizes == 0).any():
+        raise ValueError(f"cannot cut {len(ordered)} interactions into {n_spans} time spans: "
+                         f"span(s) {[int(i) + 1 for i in np.flatnonzero(sizes == 0)]} would be empty "
+                         "(too few distinct timestamps); use fewer --spans")
+    return span
+
+
 # --------------------------------------------------------------------------------------------
 # History
 # --------------------------------------------------------------------------------------------
@@ -211,6 +252,7 @@ def write_contract(
     items_source: Source = validation.ITEMS,
     new_user_fraction: float = 0.05,
     seed: int = 0,
+    spans: int = 0,
 ) -> dict:
     """Validate, split chronologically per user, add history and write the contract layout.
 
@@ -223,6 +265,10 @@ def write_contract(
     users (``seed``; 0 disables) has every row in eval (`new_user_split`). Rows are written sorted by
     (user, time). A missing ``rating`` column is written as 1.0. Returns a summary dict with
     the file paths and row counts.
+
+    ``spans`` >= 1 writes ``interactions/span-<n>/{train,eval}/`` instead: the rows cut by time into
+    ``spans`` ranges (`time_spans`), each split per user as above (history still spans the whole timeline);
+    the summary's ``spans`` lists each span's rows and time range. 0 (default): the unspanned layout.
     """
     inter = validation.validate_interactions(interactions, interactions_source)
     cat = validation.validate_items(items, items_source)
@@ -232,23 +278,37 @@ def write_contract(
     inter = inter.reset_index(drop=True)
     cat = cat.reset_index(drop=True)
     with_hist = add_history(inter)
-    train, test = chronological_split(with_hist, test_fraction=test_fraction)
-    train, test, new_users = new_user_split(train, test, new_user_fraction, seed)
-    train = train[INTERACTION_COLUMNS]
-    test = test[INTERACTION_COLUMNS]
-    paths = {
-        "train": os.path.join(out_dir, TRAIN_FILE),
-        "eval": os.path.join(out_dir, EVAL_FILE),
-        "items": os.path.join(out_dir, ITEMS_FILE),
-    }
-    _to_csv(train, paths["train"])
-    _to_csv(test, paths["eval"])
+    if spans < 0:
+        raise ValueError(f"spans must be >= 0 (0: no spans), got {spans}")
+    # Everything is split before anything is written, so a bad --spans writes nothing.
+    parts = ([(0, with_hist)] if not spans else
+             [(n, with_hist[mask]) for n, mask in _span_masks(with_hist[TIMESTAMP].to_numpy(), spans)])
+    written, new_users = [], []
+    for span, rows in parts:
+        train, test = chronological_split(rows, test_fraction=test_fraction)
+        train, test, new = new_user_split(train, test, new_user_fraction, seed)
+        new_users += new
+        written.append((span, train[INTERACTION_COLUMNS], test[INTERACTION_COLUMNS], rows[TIMESTAMP]))
+    paths = {"items": os.path.join(out_dir, ITEMS_FILE)}
+    span_rows = []
+    for span, train, test, stamps in written:
+        train_path = os.path.join(out_dir, span_file(span, "train") if span else TRAIN_FILE)
+        eval_path = os.path.join(out_dir, span_file(span, "eval") if span else EVAL_FILE)
+        _to_csv(train, train_path)
+        _to_csv(test, eval_path)
+        paths.setdefault("train", train_path)
+        paths.setdefault("eval", eval_path)
+        if span:
+            span_rows.append({"span": span, "train_rows": len(train), "eval_rows": len(test),
+                              "first_timestamp": int(stamps.min()), "last_timestamp": int(stamps.max())})
     _to_csv(cat[ITEM_COLUMNS], paths["items"])
     interacted = set(inter[ITEM_ID])
     return {
+        "out_dir": out_dir,
         "paths": paths,
-        "train_rows": len(train),
-        "eval_rows": len(test),
+        "spans": span_rows,
+        "train_rows": sum(len(w[1]) for w in written),
+        "eval_rows": sum(len(w[2]) for w in written),
         "users": int(inter[USER_ID].nunique()),
         "new_users": len(new_users),
         "items": len(cat),
@@ -271,10 +331,18 @@ def _read_interactions(path: str) -> pd.DataFrame:
     return df
 
 
-def read_contract(data_dir: str) -> Tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Read ``(train, eval, items)`` written by :func:`write_contract`; ids and text as str."""
-    train = _read_interactions(os.path.join(data_dir, TRAIN_FILE))
-    evals = _read_interactions(os.path.join(data_dir, EVAL_FILE))
+def _span_masks(timestamps: np.ndarray, n_spans: int):
+    span = time_spans(timestamps, n_spans)
+    return [(n, span == n) for n in range(1, n_spans + 1)]
+
+
+def read_contract(data_dir: str, span: Optional[int] = None) -> Tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Read ``(train, eval, items)`` written by :func:`write_contract`; ids and text as str.
+
+    ``span``: which span of a spanned layout (see `spans(data_dir)`); None: the unspanned layout.
+    """
+    train = _read_interactions(os.path.join(data_dir, span_file(span, "train") if span else TRAIN_FILE))
+    evals = _read_interactions(os.path.join(data_dir, span_file(span, "eval") if span else EVAL_FILE))
     items = pd.read_csv(
         os.path.join(data_dir, ITEMS_FILE), dtype=str, keep_default_na=False, encoding="utf-8"
     )
@@ -283,12 +351,15 @@ def read_contract(data_dir: str) -> Tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
 
 def summary_text(summary: dict) -> str:
     """What was written, plus every change made to the input (dropped duplicates, prefixed ids)."""
-    out_dir = os.path.dirname(os.path.dirname(os.path.dirname(summary["paths"]["train"])))
+    out_dir = summary.get("out_dir") or os.path.dirname(os.path.dirname(os.path.dirname(summary["paths"]["train"])))
     lines = [
         f"wrote {summary['train_rows']} train + {summary['eval_rows']} eval interactions "
         f"({summary['users']} users), {summary['items']} items "
         f"({summary['items_without_interactions']} without interactions) under {out_dir}"
     ]
+    for span in summary.get("spans", []):
+        lines.append(f"  span-{span['span']}: {span['train_rows']} train + {span['eval_rows']} eval, timestamps "
+                     f"{span['first_timestamp']}..{span['last_timestamp']}")
     if summary.get("new_users"):
         lines.append(f"{summary['new_users']} users kept entirely in eval (new_users slice; --new-user-fraction)")
     dropped = summary.get("duplicates_dropped", {})
@@ -303,6 +374,9 @@ def summary_text(summary: dict) -> str:
 # CLI
 # --------------------------------------------------------------------------------------------
 PREFIX_MODES = ("auto", "always", "never")
+SPANS_HELP = ("cut the interactions by time into N spans of about equal size, written as "
+              "OUT/interactions/span-<1..N>/{train,eval}/ (span-N the newest; the pipeline reads the latest span "
+              "or a window of them); each span is split per user as without spans. Default 0: no spans")
 
 
 def prefixed(ids: pd.Series, prefix: str) -> pd.Series:
@@ -373,6 +447,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="seeded fraction of users kept entirely in eval, for the new_users slice "
                              "(default 0.05; 0 disables)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the new-user choice (default 0)")
+    parser.add_argument("--spans", type=int, default=0, help=SPANS_HELP)
     parser.add_argument("--sep", default=",", help="field separator of both input files (default ',')")
     parser.add_argument("--prefix-ids", choices=PREFIX_MODES, default="auto",
                         help="'auto' (default): when every user id (or every item id) is a number, write them "
@@ -388,7 +463,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cat = read_csv(sources[1], required=validation.REQUIRED_ITEM_COLUMNS)
         inter, cat, changes = prefix_ids(inter, cat, args.prefix_ids)
         summary = write_contract(inter, cat, args.out, test_fraction=args.test_fraction, dedupe=args.dedupe,
-                                 new_user_fraction=args.new_user_fraction, seed=args.seed,
+                                 new_user_fraction=args.new_user_fraction, seed=args.seed, spans=args.spans,
                                  interactions_source=sources[0], items_source=sources[1])
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

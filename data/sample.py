@@ -8,6 +8,7 @@ therefore share genre words far more than chance, so item text predicts interact
 items nobody interacted with (cold catalogue items) can still be recommended from their text.
 
     python -m data.sample --out data/sample [--users 300 --items 600 --interactions 15000 --seed 0]
+    python -m data.sample --out data/sample-spans --spans 4   # interactions/span-{1..4}/ by time
 
 Same arguments => byte-identical files.
 """
@@ -260,11 +261,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--new-user-fraction", type=float, default=0.05,
                         help="seeded fraction of users kept entirely in eval, the new_users slice (default 0.05)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--spans", type=int, default=0, help=prepare.SPANS_HELP)
     args = parser.parse_args(argv)
     try:
         inter, items = generate(args.users, args.items, args.interactions, args.seed, args.cold_fraction)
         summary = prepare.write_contract(inter, items, args.out, test_fraction=args.test_fraction,
-                                         new_user_fraction=args.new_user_fraction, seed=args.seed)
+                                         new_user_fraction=args.new_user_fraction, seed=args.seed,
+                                         spans=args.spans)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

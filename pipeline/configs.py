@@ -8,6 +8,8 @@ environment (`pipeline/overrides.py`):
   TOWER_RECS_EVAL_<FIELD>            any `EvaluationConfig` field (RetrievalEvaluator)
   TOWER_RECS_SERVING_CHECK_<FIELD>   any `ServingCheckConfig` field (ServingCheck)
   TOWER_RECS_SKEW_<FIELD>            any `SkewConfig` field (TrainingServingSkew), e.g. _ACTION=stop
+  TOWER_RECS_SPAN_<FIELD>            any `SpanConfig` field (spanned data: latest/pinned span, window)
+  TOWER_RECS_DRIFT_<FIELD>           any `DriftConfig` field (drift between consecutive spans)
   TOWER_RECS_BEAM_RUNNER             direct | dataflow | flink | spark (pipeline/beam_runners.py)
 
 `pipeline_kwargs()` turns them into the arguments of `pipeline.create_pipeline`, for the local
@@ -22,6 +24,7 @@ from typing import Any
 from pipeline import beam_runners
 from pipeline.components.gate_config import EvaluationConfig, ServingCheckConfig
 from pipeline.components.skew_config import SkewConfig
+from pipeline.components.span_config import DriftConfig, SpanConfig
 from pipeline.overrides import env, from_env
 from schema import contract
 from trainer.model_config import ModelConfig
@@ -52,6 +55,11 @@ MODEL_NAME = env("MODEL_NAME", "tower_recs")
 DATA_PATH = _abs(env("DATA", "data/sample"))
 INTERACTIONS_PATH = os.path.join(DATA_PATH, contract.INTERACTIONS_DIR)
 ITEMS_PATH = os.path.join(DATA_PATH, contract.ITEMS_DIR)
+# Spanned interactions (interactions/span-<N>/, `--spans` of data.sample|movielens|prepare): the latest span
+# (or TOWER_RECS_SPAN_PIN=N), a window of the last TOWER_RECS_SPAN_WINDOW spans for training, and the drift
+# check between consecutive spans (warns; TOWER_RECS_DRIFT_STOP_ON_DRIFT=1 stops the run).
+SPAN_CONFIG = from_env(SpanConfig(), "SPAN")
+DRIFT_CONFIG = from_env(DriftConfig(), "DRIFT")
 
 OUTPUT_DIR = _abs(env("OUTPUT_DIR", "outputs"))
 PIPELINE_ROOT = env("PIPELINE_ROOT", os.path.join(OUTPUT_DIR, "pipeline_root", PIPELINE_NAME))
@@ -145,4 +153,6 @@ def pipeline_kwargs() -> dict[str, Any]:
         report_dir=REPORTS_DIR,
         request_log_dir=REQUEST_LOG_DIR,
         skew_config=SKEW_CONFIG,
+        span_config=SPAN_CONFIG,
+        drift_config=DRIFT_CONFIG,
     )

@@ -32,8 +32,13 @@ Defaults come from the environment, so `make kubeflow` needs no code edits:
     TOWER_RECS_TRAINER_GPUS, TOWER_RECS_TRAINER_ACCELERATOR
                                          the Trainer's GPU request (COMPONENT_RESOURCES: CPU/memory)
     TOWER_RECS_PIPELINE_NAME, TOWER_RECS_MODEL_NAME, TOWER_RECS_TRAIN_STEPS, TOWER_RECS_EVAL_STEPS,
-    TOWER_RECS_MODEL_<FIELD>, TOWER_RECS_EVAL_<FIELD>, TOWER_RECS_SERVING_CHECK_<FIELD>
+    TOWER_RECS_MODEL_<FIELD>, TOWER_RECS_EVAL_<FIELD>, TOWER_RECS_SERVING_CHECK_<FIELD>,
+    TOWER_RECS_SPAN_<FIELD>, TOWER_RECS_DRIFT_<FIELD>
                                          (read by pipeline/configs.py; see pipeline/overrides.py)
+
+Spanned data (`--spans`, data root with interactions/span-<N>/): every run of the compiled spec reads the
+latest span and compares it with the previous run's span (SpanDriftValidator); a window of spans
+(TOWER_RECS_SPAN_WINDOW > 1) needs custom resolver strategies KFP v2 cannot compile and is refused.
 """
 from __future__ import annotations
 
@@ -85,6 +90,9 @@ class KubeflowSettings:
     eval_steps: Optional[int] = None
     enable_cache: bool = True
     allow_local_paths: bool = False
+    # True: the data root holds interactions/span-<N>/ (SpanConfig.layout "spans"). The compiler does not
+    # look into the bucket, so "auto" means the unspanned layout here.
+    spans: bool = False
 
     @classmethod
     def from_env(cls) -> "KubeflowSettings":
@@ -178,8 +186,16 @@ def resolve(settings: KubeflowSettings) -> dict[str, Any]:
         report_dir=_join(pipeline_root, "reports"),
         # KFP v2 compiles only TFX's stock resolver strategies (pipeline/pipeline.py).
         baseline_resolution="kfp",
+        span_config=_span_config(kwargs["span_config"], settings.spans),
     )
     return kwargs
+
+
+def _span_config(span_config, spans: bool):
+    """`span_config` with a layout the compiler can know without reading the bucket."""
+    if spans:
+        return dataclasses.replace(span_config, layout="spans")
+    return span_config if span_config.layout != "auto" else dataclasses.replace(span_config, layout="flat")
 
 
 def build(settings: Optional[KubeflowSettings] = None):
@@ -356,6 +372,10 @@ def make_parser() -> argparse.ArgumentParser:
     names.add_argument("--model_name", default=None,
                        help="TF Serving model name: default configs.MODEL_NAME [env TOWER_RECS_MODEL_NAME]")
     names.add_argument("--disable_cache", action="store_true", help="compile with step caching off")
+    names.add_argument("--spans", action="store_true",
+                       help="the data root holds interactions/span-<N>/: each run reads the latest span and checks "
+                            "drift against the previous run's span (TOWER_RECS_SPAN_* / TOWER_RECS_DRIFT_* settings; "
+                            "or TOWER_RECS_SPAN_LAYOUT=spans)")
     names.add_argument("--pipeline_spec_version", choices=SPEC_VERSIONS, default=DEFAULT_SPEC_VERSION,
                        help="KFP pipeline spec schema (2.1 for the open-source KFP 2.x backend and Vertex)")
     beam = p.add_argument_group("beam (StatisticsGen, Transform, ExampleGen, ExampleValidator)")
@@ -413,6 +433,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace
         eval_steps=args.eval_steps,
         enable_cache=not args.disable_cache,
         allow_local_paths=args.allow_local_paths,
+        spans=args.spans,
     )
     return args, settings
 

@@ -13,10 +13,16 @@
       the Trainer wait for it, so a skew stops the run) ─┐
     statistics + evaluation + blessings + push + skew ─ RunReport (HTML, <OUTPUT_DIR>/reports/latest.html)
 
+With spans (`interactions/span-<N>/`, pipeline/components/span_config.py): ExampleGen ingests the latest
+(or a pinned) span; LatestSpanStatisticsResolver + SpanDriftValidator compare its statistics with the
+previous span's (warn, or stop before Transform); SpanWindowResolver hands Transform the last W ingested
+spans; the evaluator judges on the newest span's eval split (ExampleGen's output).
+
 Pusher pushes only a model that both the evaluator and the serving check blessed.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from ml_metadata.proto import metadata_store_pb2
@@ -30,20 +36,67 @@ from pipeline.components.retrieval_evaluator import RetrievalEvaluator
 from pipeline.components.serving_check import ServingCheck
 from pipeline.components.skew_check import TrainingServingSkew
 from pipeline.components.skew_config import SkewConfig
+from pipeline.components.span_config import DriftConfig, SpanConfig
 from schema import contract
 from trainer.model_config import ModelConfig
 
 
-def _interaction_example_gen(interactions_path: str) -> tfx.components.CsvExampleGen:
+def _interaction_example_gen(interactions_path: str, spanned: bool = False,
+                             pin: int = 0) -> tfx.components.CsvExampleGen:
     # The split is chronological per user and made by `data.prepare`, so ExampleGen
     # reads it as given instead of hashing rows into random splits.
+    # Spans: TFX resolves `span-{SPAN}` to the highest span present, or to the pinned one (static range).
+    prefix = f"{contract.SPAN_DIR}/" if spanned else ""
+    pinned = tfx.proto.RangeConfig(static_range=tfx.proto.StaticRange(start_span_number=pin, end_span_number=pin))
     return tfx.components.CsvExampleGen(
         input_base=interactions_path,
         input_config=tfx.proto.Input(splits=[
-            tfx.proto.Input.Split(name=split, pattern=f"{split}/*")
+            tfx.proto.Input.Split(name=split, pattern=f"{prefix}{split}/*")
             for split in (contract.TRAIN_SPLIT, contract.EVAL_SPLIT)
         ]),
+        range_config=pinned if spanned and pin else None,
     ).with_id("InteractionExampleGen")
+
+
+def uses_spans(interactions_path: str, layout: str) -> bool:
+    """Whether the interactions are spans: `layout` "spans" / "flat", or "auto": `span-*` folders exist."""
+    if layout != "auto":
+        return layout == "spans"
+    from tfx.dsl.io import fileio
+
+    return bool(fileio.glob(os.path.join(interactions_path, contract.SPAN_PREFIX + "*")))
+
+
+def _span_window(interaction_gen, span_config: SpanConfig, baseline_resolution: str):
+    """The Resolver of the last `span_config.window` ingested spans (Transform's input), or None for one span."""
+    if span_config.window == 1:
+        return None
+    if baseline_resolution != "mlmd":
+        raise ValueError(f"SpanConfig.window (TOWER_RECS_SPAN_WINDOW) = {span_config.window} needs the ML Metadata "
+                         "resolver strategies of a local run; KFP v2 compiles only TFX's LatestArtifactStrategy "
+                         "with one artifact, so a Kubeflow run trains on the newest span (window 1)")
+    from pipeline.components.span_window import SpanWindowStrategy
+
+    window = tfx.dsl.Resolver(
+        strategy_class=SpanWindowStrategy, config={"num_spans": span_config.window, "end_span": span_config.pin},
+        examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples,
+                                 producer_component_id=interaction_gen.id, output_key="examples"),
+    ).with_id("SpanWindowResolver")
+    window.add_upstream_node(interaction_gen)  # resolve after this run's span is ingested
+    return window
+
+
+def _span_drift(examples, statistics, schema, drift_config: DriftConfig):
+    """(Resolver of the previous run's SpanStatistics, SpanDriftValidator of this span's statistics)."""
+    from pipeline.components.span_drift import SpanDriftValidator, SpanStatistics
+
+    previous = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+        span_statistics=tfx.dsl.Channel(type=SpanStatistics),
+    ).with_id("LatestSpanStatisticsResolver")
+    drift = SpanDriftValidator(examples=examples, statistics=statistics, schema=schema,
+                               previous=previous.outputs["span_statistics"], config=drift_config.to_json())
+    return previous, drift
 
 
 def _item_example_gen(items_path: str) -> tfx.components.CsvExampleGen:
@@ -147,6 +200,8 @@ def create_pipeline(
     baseline_resolution: str = "mlmd",
     request_log_dir: str = "",
     skew_config: Optional[SkewConfig] = None,
+    span_config: Optional[SpanConfig] = None,
+    drift_config: Optional[DriftConfig] = None,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline; the runners pass `**pipeline.configs.pipeline_kwargs()` (overridden).
 
@@ -170,6 +225,11 @@ def create_pipeline(
       request_log_dir: the serving request log (PredictionLog TFRecords) TrainingServingSkew compares with
         the training data; "" skips the comparison (the report says so).
       skew_config: its thresholds and action (default: `SkewConfig()`, warn).
+      span_config: spanned interactions (`span-<N>/`): which span ExampleGen ingests (the latest or a
+        pinned one) and how many of the last ingested spans Transform and the Trainer see (a Resolver);
+        the evaluator judges on the newest span's eval split. Default: `SpanConfig()` (layout "auto").
+      drift_config: with spans, the SpanDriftValidator's comparator thresholds between this span and the
+        previous one, and whether drift stops the run (default: warn in the RunReport).
 
     Returns:
       The `tfx.dsl.Pipeline`: ExampleGens, validation, AnomalyGate, Transform, CatalogEmbedder, CatalogTrainer,
@@ -182,10 +242,17 @@ def create_pipeline(
     # Unknown metric names or out-of-range gate settings fail here, at build time (gate_config.py).
     evaluation_config.validate()
     serving_check_config.validate()
-    interaction_gen = _interaction_example_gen(interactions_path)
+    span_config = span_config or SpanConfig()
+    spanned = uses_spans(interactions_path, span_config.layout)
+    interaction_gen = _interaction_example_gen(interactions_path, spanned, span_config.pin)
     item_gen = _item_example_gen(items_path)
     i_stats, i_schema, i_validator = _validated(interaction_gen.outputs["examples"], interactions_schema_path,
                                                 "Interaction")
+    # Spans: drift against the previous span, and the window of spans Transform and the Trainer see.
+    span_nodes = list(_span_drift(interaction_gen.outputs["examples"], i_stats.outputs["statistics"],
+                                  i_schema.outputs["schema"], drift_config or DriftConfig())) if spanned else []
+    window = _span_window(interaction_gen, span_config, baseline_resolution) if spanned else None
+    training_examples = window.outputs["examples"] if window else interaction_gen.outputs["examples"]
     c_stats, c_schema, c_validator = _validated(item_gen.outputs["examples"], items_schema_path, "Item")
     gate = AnomalyGate(interaction_anomalies=i_validator.outputs["anomalies"],
                        item_anomalies=c_validator.outputs["anomalies"],
@@ -193,11 +260,13 @@ def create_pipeline(
                        items=item_gen.outputs["examples"])
 
     transform = tfx.components.Transform(
-        examples=interaction_gen.outputs["examples"],
+        examples=training_examples,
         schema=i_schema.outputs["schema"],
         preprocessing_fn=preprocessing_fn,
     )
     transform.add_upstream_node(gate)
+    if span_nodes:
+        transform.add_upstream_node(span_nodes[-1])  # drift that stops the run stops it before Transform
 
     skew_config = skew_config or SkewConfig()
     skew_check = TrainingServingSkew(examples=interaction_gen.outputs["examples"], request_log_dir=request_log_dir,
@@ -266,12 +335,15 @@ def create_pipeline(
         report_dir=report_dir,
         pipeline_name=pipeline_name,
         skew_anomalies=skew_check.outputs["anomalies"],
+        **({"span_drift": span_nodes[-1].outputs["anomalies"]} if span_nodes else {}),
     )
+    if window:
+        span_nodes.append(window)
 
     components = [interaction_gen, item_gen, i_stats, i_schema, i_validator, c_stats, c_schema, c_validator,
                   gate, skew_check, transform, embeddings_resolver, embedder, latest_blessed, trainer,
                   *(r for r in baseline_resolvers.values() if r is not latest_blessed),
-                  evaluator, serving_check, pusher, report]
+                  evaluator, serving_check, pusher, report, *span_nodes]
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,

@@ -202,6 +202,22 @@ def model_rows(evaluation: dict) -> list[tuple[str, dict]]:
     return [(label, model) for label, model in rows if model]
 
 
+def span_drift_html(drift: Optional[dict]) -> str:
+    """The "Drift between spans" section of a SpanDriftValidator drift.json ("" without spans)."""
+    if not drift:
+        return ""
+    from pipeline.components.span_drift import describe
+
+    cls = "no" if drift.get("drifted") else "yes"
+    action = " (stops the run: DriftConfig.stop_on_drift)" if drift.get("config", {}).get("stop_on_drift") else \
+        " (warning only; TOWER_RECS_DRIFT_STOP_ON_DRIFT=1 stops the run)"
+    rows = [[r["feature"], r["comparator"], r["value"], r["threshold"], "DRIFT" if r["drift"] else "ok"]
+            for r in drift.get("comparisons", [])]
+    return (f"<h2>Drift between spans</h2><p class='{cls}'>{html.escape(describe(drift))}"
+            f"{html.escape(action) if drift.get('drifted') else ''}</p>"
+            + (_table(["feature", "comparator", "value", "threshold", "result"], rows) if rows else ""))
+
+
 def render_html(summary: dict, plots: dict[str, bytes]) -> str:
     """The report page of a run summary, with `plots` embedded as data URIs."""
     def img(name):
@@ -224,7 +240,7 @@ def render_html(summary: dict, plots: dict[str, bytes]) -> str:
     serving = summary.get("serving") or {}
     parts.append("<h2>Gates</h2>" + _table(["gate", "result", "check (numbers)"], gate_rows(summary)))
     parts.append(_skew_html(summary.get("skew")))
-
+    parts.append(span_drift_html(summary.get("span_drift")))
     parts.append("<h2>Data</h2>" + img("data.png"))
     for source, splits in (summary.get("data") or {}).items():
         for split, info in splits.items():
@@ -340,12 +356,21 @@ def RunReport(
     report_dir: tfx.dsl.components.Parameter[str] = "",
     pipeline_name: tfx.dsl.components.Parameter[str] = "",
     skew_anomalies: tfx.dsl.components.InputArtifact[standard_artifacts.ExampleAnomalies] = None,
+    span_drift: tfx.dsl.components.InputArtifact[standard_artifacts.ExampleAnomalies] = None,
 ) -> None:
-    """Writes report.html (+ PNGs, summary.json) and copies it to `<report_dir>/latest.html`."""
+    """Writes report.html (+ PNGs, summary.json) and copies it to `<report_dir>/latest.html`.
+
+    `skew_anomalies`: TrainingServingSkew's anomalies, shown as "Training/serving skew".
+    `span_drift`: the SpanDriftValidator's anomalies (spanned input only), shown as "Drift between spans".
+    """
     statistics = {"interactions": statistics_summary(interaction_statistics),
                   "items": statistics_summary(item_statistics)}
     summary = _summary(evaluation.uri, model_blessing, infra_blessing, statistics, pushed_model, pipeline_name)
     summary["skew"] = skew_summary(skew_anomalies)
+    if span_drift is not None:
+        from pipeline.components.span_drift import DRIFT_FILE
+
+        summary["span_drift"] = _read_json(os.path.join(span_drift.uri, DRIFT_FILE))
     path = write_report(report.uri, summary, report_dir or None)
     report.set_int_custom_property("blessed", int(summary["blessed"]))
     report.set_string_custom_property("reason", summary["reason"][:2000])

@@ -41,6 +41,10 @@ ITEMS_DIR = "items"
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"
 ITEMS_SPLIT = "items"
+# Time-ordered spans (optional): <dir>/interactions/span-<N>/{train,eval}/*.csv, N = 1, 2, ... (newest
+# highest). ExampleGen matches SPAN_DIR with TFX's {SPAN} spec; the catalogue stays one folder.
+SPAN_DIR = "span-{SPAN}"
+SPAN_PREFIX = "span-"
 
 # Most recent items a query may carry; older ones are dropped.
 HISTORY_LENGTH = 20
