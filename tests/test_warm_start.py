@@ -98,8 +98,8 @@ def test_missing_state_and_cold_flag_from_the_environment(tmp_path):
 
 
 def test_state_lives_beside_the_serving_export_not_in_it():
-    assert warm_start.state_dir_of("gs://b/root/CatalogTrainer/model/7/Format-Serving") == \
-        "gs://b/root/CatalogTrainer/model/7/warm_start"
+    assert warm_start.state_dir_of("gs://b/pipeline-root/CatalogTrainer/model/7/Format-Serving") == \
+        "gs://b/pipeline-root/CatalogTrainer/model/7/warm_start"
 
 
 def test_pipeline_trainer_base_model_is_the_latest_blessed_model(tmp_path):
