@@ -133,7 +133,7 @@ def component_times(metadata_db: str, started: float, until: float = 4e9) -> dic
     con.close()
     out = {}
     for name, start, end in rows:
-        node = name.split(".", 1)[-1]
+        node = name.rsplit(".", 1)[-1]  # "<pipeline name>.<node id>"; pipeline names may hold dots (scaling-1.5M)
         out[node] = (start / 1000.0, end / 1000.0)
     return out
 
@@ -174,7 +174,7 @@ def partial_run(name: str, started: float, note: str, until: float = 4e9) -> dic
     """A run stopped before its end (e.g. at a deadline): the components ML Metadata saw finish, no RSS."""
     db = os.path.join(WORK_DIR, "runs", name, "metadata", f"scaling-{name}", "metadata.db")
     con = sqlite3.connect(db)
-    done = {row[0].split(".", 1)[-1] for row in con.execute(
+    done = {row[0].rsplit(".", 1)[-1] for row in con.execute(
         "SELECT c.name FROM Execution e JOIN Association a ON a.execution_id = e.id JOIN Context c "
         "ON c.id = a.context_id JOIN Type t ON t.id = c.type_id WHERE t.name = 'node' AND e.last_known_state = 3")}
     con.close()
