@@ -172,6 +172,7 @@ def main(argv=None) -> dict:
     csv_path = os.path.join(work, "new_catalogue.csv")
     pd.concat([catalogue, new_items], ignore_index=True).to_csv(csv_path, index=False)
     users = pd.read_csv(os.path.join(data, "interactions", "train", "interactions.csv"), dtype=str)["user_id"]
+    trained_items = len(pd.read_csv(os.path.join(data, "items", "items.csv"), dtype=str))
 
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=PROJECT_DIR, TF_CPP_MIN_LOG_LEVEL="2")
     with ServerProcess(base, MODEL, log_path=os.path.join(work, "server.log"),
@@ -208,8 +209,10 @@ def main(argv=None) -> dict:
         "setting": {"catalogue_items": a.catalogue, "new_items": a.new, "served_items_after": record["items"]["total"],
                     "index": record["index"], "encoder": "MiniLM-L6 (models/minilm), candidate_embedding signature",
                     "clients": a.clients, "server": "serving/server.py, production batching config, poll 1 s",
-                    "model": f"pipeline on data.sample (300 users, 600 items), {a.epochs} epochs; catalogue "
-                             f"extended to {a.catalogue} items (vectors of unchanged items copied, see docstring)"},
+                    "model": (f"a pushed model reused (--trained) with {trained_items:,} trained items"
+                              if a.trained else f"pipeline on data.sample (300 users, 600 items), {a.epochs} epochs")
+                             + f"; catalogue extended to {a.catalogue} items (vectors of unchanged items copied, "
+                               "see docstring)"},
         "seconds": {
             "csv_to_served": round(total, 2),
             "process_start": round((record["pushed_at"] - t0) - steps["total"], 2),

@@ -150,6 +150,8 @@ def resolve(settings: KubeflowSettings) -> dict[str, Any]:
     for flag, value in (("--pipeline_root", pipeline_root), ("--data_root", data_root),
                         ("--serving_model_dir", serving_model_dir)):
         _check_uri(flag, value, settings.allow_local_paths)
+    if kwargs["request_log_dir"]:  # read by TrainingServingSkew in its own pod, like the data
+        _check_uri("TOWER_RECS_REQUEST_LOG_DIR", kwargs["request_log_dir"], settings.allow_local_paths)
 
     encoder_dir = _join(settings.container_project_dir, ENCODER_DIR)
 

@@ -283,6 +283,14 @@ def test_cli_rejects_paths_steps_cannot_read(runner, flag, value, capsys):
     assert flag in capsys.readouterr().err
 
 
+def test_cli_rejects_a_local_request_log_dir(runner, monkeypatch, capsys):
+    from pipeline import configs
+
+    monkeypatch.setattr(configs, "REQUEST_LOG_DIR", "/local/request_log")
+    assert runner.main(["--output", "unused.json"]) == 2
+    assert "TOWER_RECS_REQUEST_LOG_DIR=/local/request_log is a local path" in capsys.readouterr().err
+
+
 def test_flags_and_env_defaults(runner, monkeypatch):
     monkeypatch.setenv("TOWER_RECS_BUCKET", "s3://minio-bucket")
     monkeypatch.setenv("TOWER_RECS_IMAGE", "img:env")
