@@ -31,18 +31,9 @@ def _pcts(lat_s) -> dict:
 
 
 def _request(user: str, history: list[str]):
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2
+    from serving.testing import predict_request
 
-    from schema import contract
-
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = MODEL
-    request.inputs[contract.USER_ID].CopyFrom(tf.make_tensor_proto([user]))
-    request.inputs[contract.HISTORY].CopyFrom(tf.make_tensor_proto([["", *history]]))
-    request.inputs[contract.INPUT_EXCLUDE].CopyFrom(tf.make_tensor_proto([[""]]))
-    request.inputs[contract.INPUT_K].CopyFrom(tf.make_tensor_proto([10], dtype=tf.int32))
-    return request
+    return predict_request(MODEL, user, history, k=10)
 
 
 def latency(tmp: str, requests: int) -> dict:

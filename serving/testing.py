@@ -24,6 +24,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def predict_request(model_name: str, user_id: str, history: list[str] | tuple[str, ...], k: int):
+    """One batched `serving_default` PredictRequest (batch 1, PAD-led history, no exclusions), as clients send it."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    from schema import contract
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.inputs[contract.USER_ID].CopyFrom(tf.make_tensor_proto([user_id]))
+    request.inputs[contract.HISTORY].CopyFrom(tf.make_tensor_proto([[contract.PAD, *history]]))
+    request.inputs[contract.INPUT_EXCLUDE].CopyFrom(tf.make_tensor_proto([[contract.PAD]]))
+    request.inputs[contract.INPUT_K].CopyFrom(tf.make_tensor_proto([k], dtype=tf.int32))
+    return request
+
+
 class ServerProcess:
     """The local server in a subprocess; ``start()`` returns once a version is AVAILABLE over REST.
 

@@ -22,7 +22,7 @@ from schema import contract
 from serving import request_log
 from serving.request_log import RequestLogConfig, RequestLogger
 from serving.synthetic_model import build_synthetic_model
-from serving.testing import ServerProcess
+from serving.testing import ServerProcess, predict_request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = "tower_recs"
@@ -34,13 +34,7 @@ def read_logs(path: str) -> list:
 
 
 def grpc_request(user: str, history: tuple[str, ...]) -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = MODEL
-    request.inputs[contract.USER_ID].CopyFrom(tf.make_tensor_proto([user]))
-    request.inputs[contract.HISTORY].CopyFrom(tf.make_tensor_proto([["", *history]]))
-    request.inputs[contract.INPUT_EXCLUDE].CopyFrom(tf.make_tensor_proto([[""]]))
-    request.inputs[contract.INPUT_K].CopyFrom(tf.make_tensor_proto([3], dtype=tf.int32))
-    return request
+    return predict_request(MODEL, user, history, k=3)
 
 
 def send_requests(server: ServerProcess) -> None:
