@@ -64,7 +64,7 @@ class SyntheticRetrieval(tf.Module):
         user = tf.gather(self.user_table, self.user_lookup.lookup(user_id))
         idx = self.index.item_position.lookup(history)                              # [B, H], -1 = pad/unknown
         valid = tf.cast(idx >= 0, tf.float32)[..., None]
-        hist = tf.gather(self.index.item_vectors, tf.maximum(idx, 0)) * valid  # [B, H, D]
+        hist = self.index.vectors_at(tf.maximum(idx, 0)) * valid  # [B, H, D]
         count = tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
         return user + tf.reduce_sum(hist, axis=1) / count
 
@@ -101,7 +101,7 @@ class SyntheticRetrieval(tf.Module):
                                   tf.TensorSpec([None], tf.string, name=F.DESCRIPTION)])
     def candidate_embedding(self, item_id, title, categories, description):
         idx = self.index.item_position.lookup(item_id)
-        known = tf.gather(self.index.item_vectors, tf.maximum(idx, 0))
+        known = self.index.vectors_at(tf.maximum(idx, 0))
         text = tf.strings.join([title, categories, description], separator=" ")
         cold = tf.gather(self.text_table, tf.strings.to_hash_bucket_fast(text, 1024))
         return {F.OUTPUT_EMBEDDING: tf.where((idx >= 0)[:, None], known, cold)}

@@ -1,6 +1,6 @@
 """Top-k retrieval over a catalogue with per-row exclusions and per-row k, in plain TF ops.
 
-Stock TF Serving runs these ops (matmuls, gathers, a hash-table lookup, ragged ranges, `tf.math.top_k`,
+Stock TF Serving runs these ops (matmuls, slices, gathers, a hash-table lookup, `tf.math.top_k`, searchsorted,
 a `tf.cond`); no ScaNN. The trainer's export and the synthetic test model both serve through this module,
 and both build their index with `build_index`, the one function to call whenever the catalogue vectors
 change (pipeline export, catalogue refresh):
@@ -77,6 +77,15 @@ class BruteForceIndex(tf.Module):
     def __call__(self, query: tf.Tensor, exclude: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Top-k (ids [B, K], scores [B, K]) per row, K = max(k); see the module docstring."""
         return self._exact(query, exclude, self._checked_k(query, exclude, k))
+
+    def vectors_at(self, positions: tf.Tensor) -> tf.Tensor:
+        """Item vectors at catalogue positions (any shape of int64 positions -> [..., D]).
+
+        Use this, not `tf.gather(index.item_vectors, ...)`: a gather on the variable itself is a
+        ResourceGather, which switches the variable to copy-on-read, and from then on every dense read
+        (the partitioned index's in-place slices, exact search) copies the whole catalogue (256 MB at 1M x 64).
+        """
+        return tf.gather(self.item_vectors.value(), positions)
 
     def _checked_k(self, query: tf.Tensor, exclude: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
         """k broadcast to [B], once the limits hold."""
@@ -201,16 +210,38 @@ class PartitionedIndex(BruteForceIndex):
     def _row_top(self, query, starts, sizes, width) -> tuple[tf.Tensor, tf.Tensor]:
         """(positions [width], scores [width]) of one query's best members of its probed partitions, best
         first; -1 / -inf where the partitions hold fewer than `width`."""
-        members = tf.ragged.range(starts, starts + sizes).flat_values
         if self.scoring == "int8":
-            scores = tf.linalg.matvec(tf.cast(tf.gather(self.int8_codes, members), tf.float32),
-                                      query * self.int8_scale)
-            positions, scores = self._best(members, scores, width * INT8_RERANK_FACTOR)
-            exact = tf.linalg.matvec(tf.gather(self.item_vectors, tf.maximum(positions, 0)), query)
-            members, scores = positions, tf.where(scores > _NEG_INF, exact, _NEG_INF)   # float re-rank
-        else:
-            scores = tf.linalg.matvec(tf.gather(self.item_vectors, members), query)
-        return self._best(members, scores, width)
+            shortlist = width * INT8_RERANK_FACTOR
+            scores = self._probed_scores(self.int8_codes, query * self.int8_scale, starts, sizes)
+            positions, scores = self._top_members(scores, starts, sizes, shortlist)
+            exact = tf.linalg.matvec(self.vectors_at(tf.maximum(positions, 0)), query)   # float re-rank
+            return self._best(positions, tf.where(scores > _NEG_INF, exact, _NEG_INF), width)
+        return self._top_members(self._probed_scores(self.item_vectors, query, starts, sizes), starts, sizes, width)
+
+    def _probed_scores(self, table: tf.Variable, query, starts, sizes) -> tf.Tensor:
+        """[sum(sizes)] scores of the probed partitions' members, partition after partition.
+
+        A partition is a contiguous row range, so each is read in place: TF's Slice of leading rows shares
+        the variable's buffer, where a gather would copy every probed vector first (2x the memory traffic of
+        the scoring itself). The loop is unrolled over the static `nprobe`.
+        """
+        rows = tf.fill(tf.shape(starts), tf.constant(-1, tf.int64))
+        begins = tf.unstack(tf.stack([starts, tf.zeros_like(starts)], axis=1), num=self.nprobe)
+        extents = tf.unstack(tf.stack([sizes, rows], axis=1), num=self.nprobe)
+        table = table.value()     # one dense read; see `vectors_at` for why never a sparse one
+        query = query[tf.newaxis]
+        scores = [tf.matmul(tf.cast(tf.slice(table, begin, extent), tf.float32), query, transpose_b=True)
+                  for begin, extent in zip(begins, extents)]
+        return tf.concat(scores, axis=0)[:, 0]
+
+    def _top_members(self, scores, starts, sizes, width) -> tuple[tf.Tensor, tf.Tensor]:
+        """`_best` over `_probed_scores`: catalogue positions of the `width` best, -1 / -inf past the end."""
+        top = tf.math.top_k(tf.concat([scores, tf.fill([width], _NEG_INF)], axis=0), k=width)
+        at = tf.cast(top.indices, tf.int64)
+        ends = tf.cumsum(sizes)
+        probe = tf.minimum(tf.searchsorted(ends, at, side="right"), self.nprobe - 1)
+        positions = tf.gather(starts, probe) + at - (tf.gather(ends, probe) - tf.gather(sizes, probe))
+        return tf.where(top.values > _NEG_INF, positions, -1), top.values
 
     @staticmethod
     def _best(positions, scores, width) -> tuple[tf.Tensor, tf.Tensor]:
