@@ -86,8 +86,16 @@ def log(message: str) -> None:
 
 
 # -- data ----------------------------------------------------------------------------------------
-def load_data(path: str, fmt: str, use_tags: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(interactions [user_id, item_id, timestamp], items [item_id, title, categories, description])."""
+TAG_MODES = ("none", "leak-free", "all")
+
+
+def load_data(path: str, fmt: str, tags: str = "none") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(interactions [user_id, item_id, timestamp], items [item_id, title, categories, description]).
+
+    MovieLens descriptions are ml-latest-small's tags with `tags="all"` (written by users, some after the
+    rows we score: a leak) and empty otherwise; "leak-free" fills them later (`with_leak_free_tags`), once
+    the splits are known.
+    """
     if fmt == "contract":
         train, evals, items = prepare.read_contract(path)
         interactions = pd.concat([train, evals], ignore_index=True)
@@ -95,8 +103,7 @@ def load_data(path: str, fmt: str, use_tags: bool = False) -> tuple[pd.DataFrame
         from data.movielens import load_movielens
 
         interactions, items = load_movielens(path, fmt)
-        if not use_tags:
-            # ml-latest-small tags were written by users, possibly after the split time: leakage.
+        if tags != "all":
             items = items.assign(**{contract.DESCRIPTION: ""})
     interactions = interactions[[contract.USER_ID, contract.ITEM_ID, contract.TIMESTAMP]].copy()
     interactions[contract.USER_ID] = interactions[contract.USER_ID].astype(str)
@@ -104,6 +111,28 @@ def load_data(path: str, fmt: str, use_tags: bool = False) -> tuple[pd.DataFrame
     interactions[contract.TIMESTAMP] = interactions[contract.TIMESTAMP].astype(np.int64)
     items = prepare.validate_items(items)
     return interactions, items
+
+
+def with_leak_free_tags(items: pd.DataFrame, tags: pd.DataFrame, fit: pd.DataFrame,
+                        cold_items: Sequence[str]) -> pd.DataFrame:
+    """`items` with descriptions made only of tags written before anything the benchmark scores.
+
+    A tag is kept when its author wrote it no later than their own last interaction in the tuning (fit)
+    split, which precedes their validation and test rows: the same per-user time cut the interactions
+    get. Authors without fit rows keep no tags; cold items keep none (a new item has no tags yet, so
+    the cold slice measures title + genres). `tags`: ml-latest-small's tags.csv (`data.movielens.read_tags`).
+    """
+    from data.movielens import tag_descriptions
+
+    last_fit = fit.groupby(contract.USER_ID)[contract.TIMESTAMP].max()
+    author = prepare.prefixed(tags["userId"], "u")
+    stamp = pd.to_numeric(tags["timestamp"], errors="coerce").to_numpy()
+    kept = tags[stamp <= author.map(last_fit).fillna(-np.inf).to_numpy()]
+    by_movie = tag_descriptions(kept)
+    by_item = pd.Series(by_movie.to_numpy(), index=prepare.prefixed(pd.Series(by_movie.index), "m"))
+    description = items[contract.ITEM_ID].map(by_item).fillna("")
+    description[items[contract.ITEM_ID].isin(set(cold_items))] = ""
+    return items.assign(**{contract.DESCRIPTION: description.to_numpy()})
 
 
 @dataclasses.dataclass
@@ -475,15 +504,24 @@ def run_benchmark(args) -> dict:
     cfg = model_config(args)
     os.makedirs(args.out, exist_ok=True)
 
-    interactions, items = load_data(args.data, args.format, use_tags=args.use_tags)
+    interactions, items = load_data(args.data, args.format, tags=args.tags)
+    if args.tags == "leak-free":
+        from data.movielens import read_tags
+
+        tags = read_tags(args.data)
+        if tags is None:
+            raise SystemExit(f"--tags leak-free: {args.data} has no tags.csv")
+        splits = make_splits(interactions, items, args.test_fraction, args.cold_fraction, args.seed)
+        items = with_leak_free_tags(items, tags, splits.fit, splits.cold_items)
     log(f"{len(interactions)} interactions, {interactions[contract.USER_ID].nunique()} users, "
-        f"{len(items)} catalogue items (tags as description: {bool(args.use_tags)})")
+        f"{len(items)} catalogue items (tags as description: {args.tags}; "
+        f"{int((items[contract.DESCRIPTION] != '').sum())} items with a description)")
     catalogue_ids = items[contract.ITEM_ID].tolist()
     column = {item_id: i for i, item_id in enumerate(catalogue_ids)}
     text_vectors = text_embeddings(item_texts(items), cfg, args.cache_dir or args.out)
     verbose = 0 if args.quick else 2
     protocol = {"data": os.path.basename(os.path.normpath(args.data)), "format": args.format,
-                "use_tags": bool(args.use_tags), "test_fraction": args.test_fraction,
+                "tags": args.tags, "test_fraction": args.test_fraction,
                 "cold_fraction": args.cold_fraction, "seed": args.seed, "catalogue_items": len(catalogue_ids)}
     if args.tune:
         return run_tuning(args, cfg, interactions, items, catalogue_ids, column, text_vectors, protocol, verbose)
@@ -747,8 +785,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--variant-seeds", type=int, default=None, help="seeds per variant (default: --seeds)")
     parser.add_argument("--skip-id-only", action="store_true", help="do not train the ID-only two-tower")
     parser.add_argument("--report-name", default="quality", help="file name of the .md/.json/_recall.png report")
-    parser.add_argument("--use-tags", action="store_true",
-                        help="use ml-latest-small tags as item descriptions (they may postdate the split: leaks)")
+    parser.add_argument("--tags", choices=TAG_MODES, default="none",
+                        help="ml-latest-small tags as item descriptions: none (default); leak-free (only tags "
+                             "their author wrote before their own validation/test rows; none on cold items); "
+                             "all (some postdate the rows scored: leaks)")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--cold-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0, help="seed of the cold-item choice")

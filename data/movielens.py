@@ -143,7 +143,7 @@ def _load_1m(path: str) -> Tuple[pd.DataFrame, pd.DataFrame]:
     return inter, items
 
 
-def _tag_descriptions(tags: pd.DataFrame) -> pd.Series:
+def tag_descriptions(tags: pd.DataFrame) -> pd.Series:
     """movieId -> 'tag1, tag2, ...' (distinct case-insensitively, in order of first use)."""
     t = tags.copy()
     t["tag"] = t["tag"].fillna("").astype(str).str.strip()
@@ -154,6 +154,17 @@ def _tag_descriptions(tags: pd.DataFrame) -> pd.Series:
     t["_key"] = t["tag"].str.lower()
     t = t.drop_duplicates(["movieId", "_key"], keep="first")
     return t.groupby("movieId", sort=False)["tag"].agg(", ".join)
+
+
+def read_tags(path: str) -> Optional[pd.DataFrame]:
+    """ml-latest-small's ``tags.csv`` (userId, movieId, tag, timestamp), or None when the directory has none."""
+    tags_file = os.path.join(path, "tags.csv")
+    if not os.path.exists(tags_file):
+        return None
+    columns = ("userId",) + _TAGS_COLUMNS
+    tags = read_csv(Source("tags", tags_file), required=columns)
+    validation.check_columns(tags, columns, Source("tags", tags_file))
+    return tags
 
 
 def _load_latest(path: str) -> Tuple[pd.DataFrame, pd.DataFrame]:
@@ -170,7 +181,7 @@ def _load_latest(path: str) -> Tuple[pd.DataFrame, pd.DataFrame]:
         tags_source = Source("tags", tags_file)
         tags = read_csv(tags_source, required=_TAGS_COLUMNS)
         validation.check_columns(tags, _TAGS_COLUMNS, tags_source)
-        desc = m.movieId.map(_tag_descriptions(tags)).fillna("")
+        desc = m.movieId.map(tag_descriptions(tags)).fillna("")
     items = _items(m.movieId, m.title, cats, desc)
     return inter, items
 

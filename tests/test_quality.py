@@ -64,6 +64,20 @@ def test_benchmark_splits_do_not_leak(tiny_data):
         assert set(history) <= set(splits.train[splits.train[contract.USER_ID] == user][contract.ITEM_ID])
 
 
+def test_leak_free_tags_keep_only_what_their_author_wrote_before_validation_and_test():
+    fit = pd.DataFrame({contract.USER_ID: ["u1", "u1", "u2"], contract.ITEM_ID: ["m10", "m11", "m10"],
+                        contract.TIMESTAMP: [100, 200, 50]})
+    items = pd.DataFrame({contract.ITEM_ID: ["m10", "m11", "m12"], contract.TITLE: ["A", "B", "C"],
+                          contract.CATEGORIES: ["", "", ""], contract.DESCRIPTION: ["", "", ""]})
+    tags = pd.DataFrame({"userId": [1, 1, 2, 3, 1], "movieId": [10, 11, 10, 11, 12],
+                         "tag": ["early", "at the cut", "after u2's fit", "no fit rows", "cold item"],
+                         "timestamp": [150, 200, 60, 1, 10]})
+    out = quality.with_leak_free_tags(items, tags, fit, cold_items=["m12"])
+    assert dict(zip(out[contract.ITEM_ID], out[contract.DESCRIPTION])) == {
+        "m10": "early", "m11": "at the cut", "m12": ""}
+    assert list(items[contract.DESCRIPTION]) == ["", "", ""]      # the input is not changed
+
+
 @pytest.mark.slow
 def test_quick_benchmark_end_to_end(tiny_data, tiny_encoder, tmp_path):
     preprocess, encoder = tiny_encoder
