@@ -512,7 +512,10 @@ def run_benchmark(args) -> dict:
         if tags is None:
             raise SystemExit(f"--tags leak-free: {args.data} has no tags.csv")
         splits = make_splits(interactions, items, args.test_fraction, args.cold_fraction, args.seed)
-        items = with_leak_free_tags(items, tags, splits.fit, splits.cold_items)
+        # Neither the test's cold items nor --tune-cold's keep tags (their authors' ratings are held out).
+        cold = set(splits.cold_items) | set(tuning_cold_items(splits.fit, splits.validation, items,
+                                                              args.cold_fraction, args.seed))
+        items = with_leak_free_tags(items, tags, splits.fit, sorted(cold))
     log(f"{len(interactions)} interactions, {interactions[contract.USER_ID].nunique()} users, "
         f"{len(items)} catalogue items (tags as description: {args.tags}; "
         f"{int((items[contract.DESCRIPTION] != '').sum())} items with a description)")
@@ -651,6 +654,13 @@ def tuning_splits(interactions: pd.DataFrame, test_fraction: float) -> tuple[pd.
     return prepare.validation_split(train, fraction=test_fraction)
 
 
+def tuning_cold_items(fit: pd.DataFrame, validation: pd.DataFrame, items: pd.DataFrame, fraction: float,
+                      seed: int) -> list[str]:
+    """`--tune-cold`'s cold items: drawn from the train part only; their fit rows are removed, validation keeps
+    them."""
+    return prepare.cold_item_split(pd.concat([fit, validation]), items, fraction=fraction, seed=seed)[2]
+
+
 def run_tuning(args, cfg: ModelConfig, interactions: pd.DataFrame, items: pd.DataFrame, catalogue_ids: list[str],
                column: dict[str, int], text_vectors: np.ndarray, protocol: dict, verbose: int) -> dict:
     """Each `--grid FIELD VALUE...`: one model per value trained on `fit`, scored on `validation` after every
@@ -660,9 +670,7 @@ def run_tuning(args, cfg: ModelConfig, interactions: pd.DataFrame, items: pd.Dat
     data = index_features(fit, queries)
     cold_setup = None
     if args.tune_cold:
-        # Cold items drawn from the train part only; their fit rows are removed, validation keeps them.
-        _, _, cold = prepare.cold_item_split(pd.concat([fit, validation]), items, fraction=args.cold_fraction,
-                                             seed=args.seed)
+        cold = tuning_cold_items(fit, validation, items, args.cold_fraction, args.seed)
         cold_fit = fit[~fit[contract.ITEM_ID].isin(set(cold))].reset_index(drop=True)
         cold_queries = make_queries(cold_fit, validation, column,
                                     {"cold": lambda d: d[d[contract.ITEM_ID].isin(set(cold))],
