@@ -1,7 +1,8 @@
 """Which Beam runner the pipeline's Beam components (ExampleGen, StatisticsGen, Transform, ...) run on:
 one setting, `TOWER_RECS_BEAM_RUNNER`, and the options each runner needs, validated when the pipeline is built.
 
-  direct    (default) the local DirectRunner, with `configs.py`'s default args (parallel on one machine)
+  direct    (default) the local DirectRunner, with `configs.py`'s default args (parallel on one machine),
+            plus `--sdk_container_image` so TFX does not stage a copy of itself per component (see below)
   dataflow  Google Cloud Dataflow: TOWER_RECS_DATAFLOW_PROJECT, _REGION, _TEMP_LOCATION (gs://) required;
             _SERVICE_ACCOUNT, _MAX_NUM_WORKERS, _MACHINE_TYPE, _SDK_CONTAINER_IMAGE optional
   flink     a Flink cluster through Beam's portable runner: TOWER_RECS_FLINK_MASTER (host:port) required;
@@ -114,4 +115,23 @@ def beam_pipeline_args(environ: Optional[Mapping[str, str]] = None,
     environ = os.environ if environ is None else environ
     runner = runner_name(environ)
     args = list(default_args) if runner == "direct" else _CLUSTER_ARGS[runner](environ)
-    return args + shlex.split(environ.get(PREFIX + "BEAM_EXTRA_ARGS", ""))
+    args += shlex.split(environ.get(PREFIX + "BEAM_EXTRA_ARGS", ""))
+    return _no_tfx_staging(args, environ) if runner == "direct" else args
+
+
+# TFX stages its own source for remote Beam workers unless the args name where the dependencies come from
+# (tfx/utils/dependency_utils.py): for every Beam component run it copies the installed tfx package into a
+# new temp dir and builds an sdist there, ~42 MB never deleted (1,642 of them filled this machine's disk).
+# DirectRunner workers run in this environment and never read it, so the direct runner names the pipeline
+# image as the workers' environment, which the DirectRunner ignores and which stops the staging.
+_DEPENDENCY_FLAGS = ("--extra_package", "--extra_packages", "--setup_file", "--requirements_file",
+                     "--worker_harness_container_image", "--sdk_container_image")
+
+
+def _no_tfx_staging(args: list[str], environ: Mapping[str, str]) -> list[str]:
+    """Direct-runner args plus `--sdk_container_image`, unless they name another runner or a dependency flag."""
+    names = [a.split("=", 1)[0] for a in args]
+    other_runner = any(a.startswith("--runner=") and "direct" not in a.lower() for a in args)
+    if other_runner or set(names) & set(_DEPENDENCY_FLAGS):
+        return args
+    return args + [f"--sdk_container_image={_image(environ, 'direct')}"]

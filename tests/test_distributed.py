@@ -86,9 +86,25 @@ DIRECT = ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
 
 
 def test_direct_runner_keeps_the_default_args_and_appends_extras():
-    assert beam_runners.beam_pipeline_args({}, DIRECT) == DIRECT
+    image = "--sdk_container_image=tower-recs-pipeline:latest"
+    assert beam_runners.beam_pipeline_args({}, DIRECT) == DIRECT + [image]
     env = {"TOWER_RECS_BEAM_RUNNER": "direct", "TOWER_RECS_BEAM_EXTRA_ARGS": "--direct_num_workers=4"}
-    assert beam_runners.beam_pipeline_args(env, DIRECT) == DIRECT + ["--direct_num_workers=4"]
+    assert beam_runners.beam_pipeline_args(env, DIRECT) == DIRECT + ["--direct_num_workers=4", image]
+    own = {"TOWER_RECS_BEAM_EXTRA_ARGS": "--setup_file=./setup.py"}   # the user's own dependency flag wins
+    assert beam_runners.beam_pipeline_args(own, DIRECT) == DIRECT + ["--setup_file=./setup.py"]
+
+
+def test_tfx_does_not_stage_a_copy_of_itself_for_the_direct_runner(tmp_path, monkeypatch):
+    """Without a dependency flag TFX builds a ~42 MB sdist of itself in a fresh temp dir for every Beam
+    component run and never deletes it; the DirectRunner never reads it."""
+    from tfx.utils import dependency_utils
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)       # re-read TMPDIR
+    for mode in DIRECT, ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]:
+        args = beam_runners.beam_pipeline_args({}, mode)
+        assert dependency_utils.make_beam_dependency_flags(args) == args
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_dataflow_args_and_missing_options():
