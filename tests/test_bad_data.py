@@ -16,6 +16,7 @@ import pytest
 import gate_pipeline_run as runs
 from data import prepare, rules
 from data.prepare import EVAL_FILE as EVAL_CSV, ITEMS_FILE as ITEMS_CSV, TRAIN_FILE as TRAIN_CSV
+from pipeline import configs
 from pipeline.configs import INTERACTIONS_SCHEMA, ITEMS_SCHEMA
 
 
@@ -31,7 +32,7 @@ def _artifact(cls, uri, splits=None):
     return artifact
 
 
-_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+_BEAM_ARGS = configs.BEAM_PIPELINE_ARGS   # the pipeline's own (TFX stages nothing with them)
 
 
 def _example_gen(input_base, splits, work, hash_buckets_split=None):

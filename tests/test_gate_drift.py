@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from pipeline import configs
 from pipeline.components.gate_config import EvaluationConfig
 from schema import contract
 
@@ -71,7 +72,7 @@ def drift_pipeline(base: str, data_dir: str, model_uri: str, cfg: EvaluationConf
         components=[interactions, items, candidate, *resolvers.values(), evaluator, pusher], enable_cache=True,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             os.path.join(base, "metadata.db")),
-        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+        beam_pipeline_args=configs.BEAM_PIPELINE_ARGS)
 
 
 def _latest(store, type_name):

@@ -79,11 +79,12 @@ def test_beam_default_is_one_worker_and_the_env_selects_every_core(monkeypatch):
     from pipeline import configs
 
     monkeypatch.delenv("TOWER_RECS_BEAM_PIPELINE_ARGS", raising=False)
+    image = "--sdk_container_image=tower-recs-pipeline:latest"    # stops TFX staging itself: beam_runners.py
     default = importlib.reload(configs).pipeline_kwargs()["beam_pipeline_args"]
-    assert default == ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    assert default == ["--direct_running_mode=in_memory", "--direct_num_workers=1", image]
     monkeypatch.setenv("TOWER_RECS_BEAM_PIPELINE_ARGS", configs.EVERY_CORE_BEAM_PIPELINE_ARGS)
     assert importlib.reload(configs).pipeline_kwargs()["beam_pipeline_args"] == [
-        "--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+        "--direct_running_mode=multi_processing", "--direct_num_workers=0", image]
     monkeypatch.delenv("TOWER_RECS_BEAM_PIPELINE_ARGS")
     importlib.reload(configs)
 
@@ -183,13 +184,14 @@ def test_evaluator_loads_a_user_sample_and_records_the_total(tiny_examples):
 
 # -- catalogue embeddings cached across runs --------------------------------------------------------------
 def _embed(items, previous, work, tiny_encoder):
+    from pipeline import configs
     from pipeline.components.catalog_embedder import CatalogEmbedderExecutor, CatalogEmbeddings
 
     output = CatalogEmbeddings()
     output.uri = work
     os.makedirs(work, exist_ok=True)
     executor = CatalogEmbedderExecutor(CatalogEmbedderExecutor.Context(
-        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"], tmp_dir=work))
+        beam_pipeline_args=configs.BEAM_PIPELINE_ARGS, tmp_dir=work))
     executor.Do({"items": [items], "previous": [previous] if previous else []}, {"embeddings": [output]},
                 {"preprocess_handle": tiny_encoder[0], "encoder_handle": tiny_encoder[1],
                  "output_key": "sentence_embedding"})

@@ -279,7 +279,7 @@ def _span_pipeline(root, data_dir, serving_dir, model_dir, span_config, drift_co
         components=[gen, stats, schema, previous, drift, window, seen, model, pusher],
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             os.path.join(root, "metadata.db")),
-        beam_pipeline_args=configs.SINGLE_WORKER_BEAM_PIPELINE_ARGS.split(), enable_cache=True)
+        beam_pipeline_args=configs.BEAM_PIPELINE_ARGS, enable_cache=True)
 
 
 def _outputs(root, node_id, key):

@@ -225,9 +225,9 @@ class PartitionedIndex(BruteForceIndex):
         the variable's buffer, where a gather would copy every probed vector first (2x the memory traffic of
         the scoring itself). The loop is unrolled over the static `nprobe`.
         """
-        rows = tf.fill(tf.shape(starts), tf.constant(-1, tf.int64))
+        every_column = tf.fill(tf.shape(starts), tf.constant(-1, tf.int64))
         begins = tf.unstack(tf.stack([starts, tf.zeros_like(starts)], axis=1), num=self.nprobe)
-        extents = tf.unstack(tf.stack([sizes, rows], axis=1), num=self.nprobe)
+        extents = tf.unstack(tf.stack([sizes, every_column], axis=1), num=self.nprobe)
         table = table.value()     # one dense read; see `vectors_at` for why never a sparse one
         query = query[tf.newaxis]
         scores = [tf.matmul(tf.cast(tf.slice(table, begin, extent), tf.float32), query, transpose_b=True)
