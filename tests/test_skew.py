@@ -12,6 +12,7 @@ import os
 import numpy as np
 import pytest
 
+from pipeline import configs
 from pipeline.components.skew_config import SkewConfig
 from schema import contract
 from serving import skew
@@ -58,7 +59,7 @@ def skew_pipeline(base: str, data_dir: str, log_dir: str, config: SkewConfig, pu
         pipeline_name="skew", pipeline_root=os.path.join(base, "root"), components=components, enable_cache=True,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             os.path.join(base, "metadata.db")),
-        beam_pipeline_args=list(skew.LOCAL_BEAM_ARGS))
+        beam_pipeline_args=configs.BEAM_PIPELINE_ARGS)
 
 
 @pytest.fixture(scope="module")
