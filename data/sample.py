@@ -169,6 +169,42 @@ def _make_items(rng: np.random.Generator, n_items: int) -> Tuple[pd.DataFrame, n
     return pd.DataFrame(rows, columns=list(contract.ITEM_COLUMNS)), mix
 
 
+def _first_occurrences(draws: np.ndarray) -> np.ndarray:
+    """The distinct values of ``draws`` in the order they first appear."""
+    _, first = np.unique(draws, return_index=True)
+    return draws[np.sort(first)]
+
+
+def _draw_items(rng: np.random.Generator, n: int, pref: np.ndarray, mix: np.ndarray, popularity: np.ndarray,
+                warm: np.ndarray, warm_cdf: np.ndarray) -> np.ndarray:
+    """``n`` distinct items for one user, each drawn with probability proportional to popularity x affinity^2
+    among the items not drawn yet (affinity = the item's genre mix . the user's genre preferences).
+
+    Drawing one at a time without replacement is the same as drawing with replacement and skipping repeats, and
+    a draw from popularity x affinity^2 is a draw from popularity kept with probability (affinity / max)^2. So
+    the cost is O(n), not O(catalogue), per user; only when repeats pile up (n near the warm catalogue's size)
+    is the rest drawn from the weights left, which continues the same process.
+    """
+    bound = float(pref.max()) ** 2  # a mix row sums to 1, so affinity <= max(pref)
+    found = np.empty(0, dtype=np.int64)
+    for _ in range(8):
+        need = n - len(found)
+        if need <= 0:
+            break
+        proposals = warm[np.minimum(np.searchsorted(warm_cdf, rng.random(16 * need + 64) * warm_cdf[-1],
+                                                    side="right"), len(warm) - 1)]
+        affinity = mix[proposals] @ pref
+        kept = proposals[rng.random(len(proposals)) * bound < affinity**2]
+        found = _first_occurrences(np.concatenate([found, kept]))
+    found = found[:n]
+    if len(found) < n:
+        weights = popularity * (mix @ pref) ** 2
+        weights[found] = 0.0
+        rest = rng.choice(len(weights), size=n - len(found), replace=False, p=weights / weights.sum())
+        found = np.concatenate([found, rest])
+    return found
+
+
 def generate(
     n_users: int = 300,
     n_items: int = 600,
@@ -212,28 +248,27 @@ def generate(
     counts = np.clip(np.round(act / act.sum() * n_interactions), 3, max_per_user).astype(int)
     counts = np.minimum(counts, len(warm))
 
-    rows_u, rows_i, rows_t, rows_r = [], [], [], []
+    warm_cdf = np.cumsum(popularity[warm])
+    item_ids = items[contract.ITEM_ID].to_numpy()
+    rows_i, rows_t, rows_r = [], [], []
     for u in range(n_users):
-        affinity = mix @ prefs[u]  # in [0, 1]
-        w = popularity * affinity**2
-        w = w / w.sum()
-        n = int(min(counts[u], np.count_nonzero(w)))
-        chosen = rng.choice(n_items, size=n, replace=False, p=w)
+        chosen = _draw_items(rng, int(counts[u]), prefs[u], mix, popularity, warm, warm_cdf)
+        n = len(chosen)
+        affinity = mix[chosen] @ prefs[u]  # in [0, 1]
         start = _T0 + int(rng.integers(0, 180 * 86_400))
         gaps = rng.exponential(scale=1.5 * 86_400, size=n).astype(np.int64) + 60
-        ts = start + np.cumsum(gaps)
         # Ratings: higher for better-matching items, 0.5 steps in [0.5, 5].
-        r = np.clip(np.round((2.5 + 2.5 * affinity[chosen] + rng.normal(0, 0.7, n)) * 2) / 2, 0.5, 5.0)
-        rows_u += [f"u{u + 1:04d}"] * n
-        rows_i += [f"i{i + 1:04d}" for i in chosen]
-        rows_t += ts.tolist()
-        rows_r += r.tolist()
+        r = np.clip(np.round((2.5 + 2.5 * affinity + rng.normal(0, 0.7, n)) * 2) / 2, 0.5, 5.0)
+        rows_i.append(item_ids[chosen])
+        rows_t.append(start + np.cumsum(gaps))
+        rows_r.append(r)
+    user_ids = np.array([f"u{u + 1:04d}" for u in range(n_users)], dtype=object)
     interactions = pd.DataFrame(
         {
-            contract.USER_ID: rows_u,
-            contract.ITEM_ID: rows_i,
-            contract.TIMESTAMP: np.array(rows_t, dtype=np.int64),
-            contract.RATING: np.array(rows_r, dtype=float),
+            contract.USER_ID: np.repeat(user_ids, [len(c) for c in rows_i]),
+            contract.ITEM_ID: np.concatenate(rows_i),
+            contract.TIMESTAMP: np.concatenate(rows_t).astype(np.int64),
+            contract.RATING: np.concatenate(rows_r).astype(float),
         }
     )
     return interactions, items
