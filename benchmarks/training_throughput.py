@@ -1,6 +1,7 @@
 """Training throughput of the two-tower model with the frozen encoder (examples/s after the first epoch).
 
     python -m benchmarks.training_throughput --out benchmarks/results
+    python -m benchmarks.training_throughput --out benchmarks/results --catalogue-sizes 10000 60000 300000
 
 The BERT encoder is frozen, so its cost is one pass over the catalogue texts before training
 (`benchmarks/encoder_throughput.py` measures that); training reads a fixed [items, 384] text table.
@@ -167,6 +168,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--streamed", action="store_true",
                         help="only in-memory vs streamed input (TFRecords via the data accessor); writes "
                              "training_throughput_streamed.{md,json}")
+    parser.add_argument("--catalogue-sizes", type=int, nargs="+", metavar="ITEMS",
+                        help="only examples/s against the catalogue size, per optimizer (ModelConfig.optimizer); "
+                             "writes training_throughput_catalogue.{md,json}")
     parser.add_argument("--variants", action="store_true",
                         help="also measure without XLA / steps_per_execution and with other batch sizes")
     args = parser.parse_args(argv)
@@ -178,6 +182,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     runs: dict[str, dict] = {}
     if args.streamed:
         return _main_streamed(args, base, train, table, num_users, argv)
+    if args.catalogue_sizes:
+        return _main_catalogue(args, base, argv)
     start_load = load_average()
     variants = {"default": base, "text_pca_64": dataclasses.replace(base, text_pca_dim=64),
                 # The quality variants of benchmarks/results/quality.md (issue 16), each against the default.
@@ -244,6 +250,38 @@ def _main_streamed(args, base: ModelConfig, train, table, num_users: int, argv) 
     with open(os.path.join(args.out, "training_throughput_streamed.md"), "w") as f:
         f.write(markdown)
     with open(os.path.join(args.out, "training_throughput_streamed.json"), "w") as f:
+        json.dump({"runs": runs, "config": base.to_dict(), "examples": args.examples, "cpus": os.cpu_count()},
+                  f, indent=1)
+    return 0
+
+
+def _main_catalogue(args, base: ModelConfig, argv) -> int:
+    """Examples/s of the same number of examples over catalogues of each size, for each optimizer: the cost of
+    a step should follow the batch, not the catalogue."""
+    from trainer.model_config import OPTIMIZERS
+
+    runs: dict[str, dict] = {}
+    for items in args.catalogue_sizes:
+        train, table = synthetic_data(args.examples, n_items=items)
+        for optimizer in OPTIMIZERS:
+            run = measure_two_tower(dataclasses.replace(base, optimizer=optimizer), train, table, 610, args.epochs)
+            runs[f"{items}/{optimizer}"] = dict(run, items=items, optimizer=optimizer)
+            print(f"{items} items, {optimizer}: {run}", flush=True)
+    smallest = args.catalogue_sizes[0]
+    rows = ["| items | optimizer | examples/s | ms per step | vs the same optimizer at "
+            f"{smallest:,} items | load avg |", "|---|---|---|---|---|---|"]
+    for r in runs.values():
+        first = runs[f"{smallest}/{r['optimizer']}"]["examples_per_s"]
+        rows.append(f"| {r['items']:,} | {r['optimizer']} | {r['examples_per_s']:,.0f} | {r['ms_per_step']:.1f} | "
+                    f"{r['examples_per_s'] / first:.2f} | {r['load_avg']:.1f} |")
+    markdown = (f"Two-tower training throughput against the catalogue size, {args.examples:,} synthetic examples "
+                f"(610 users), {os.cpu_count()} CPUs, `python -m benchmarks.training_throughput "
+                f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n" + "\n".join(rows) + "\n")
+    print(markdown)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "training_throughput_catalogue.md"), "w") as f:
+        f.write(markdown)
+    with open(os.path.join(args.out, "training_throughput_catalogue.json"), "w") as f:
         json.dump({"runs": runs, "config": base.to_dict(), "examples": args.examples, "cpus": os.cpu_count()},
                   f, indent=1)
     return 0

@@ -16,6 +16,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+# ModelConfig.optimizer values (trainer/optimizers.py builds them; kept here so the config needs no TensorFlow).
+OPTIMIZERS = ("adam", "lazy_adam")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -69,6 +72,9 @@ class ModelConfig:
     # (combined_query_tower.json, mean tower: R@50 0.305 / NDCG@10 0.161 vs 0.309 / 0.165): kept 0.005.
     learning_rate: float = 0.005
     lr_schedule: str = "constant"    # "constant" or "cosine" (decays to 0 over the whole run)
+    # "adam" or "lazy_adam" (trainer/optimizers.py: sparse updates touch only the batch's embedding rows, so a
+    # step's cost stops growing with the catalogue).
+    optimizer: str = "adam"
     # tuning/epochs.json (12-epoch validation curve): best R@50 at epoch 5, 6 within 0.006; with id_dropout
     # 0 epoch 6 has the better NDCG@10 (tuning/id_dropout.json curve). Kept 6.
     epochs: int = 6
@@ -140,6 +146,8 @@ class ModelConfig:
             problems.append(f"ann_partitions={self.ann_partitions}: must be 0 (auto) or a partition count >= 1")
         if self.ann_nprobe < 1:   # above the partition count it probes them all (exact results)
             problems.append(f"ann_nprobe={self.ann_nprobe}: must be at least 1")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer={self.optimizer!r}: must be one of {OPTIMIZERS}")
         if self.warm_start_learning_rate <= 0:
             problems.append(f"warm_start_learning_rate={self.warm_start_learning_rate}: must be positive")
         if self.warm_start_epochs < 1:

@@ -13,6 +13,7 @@ from schema import contract
 from trainer import distribution
 from trainer.model import TwoTowerModel
 from trainer.model_config import ModelConfig
+from trainer.optimizers import make_optimizer
 
 
 # -- catalogue -----------------------------------------------------------------------------------
@@ -107,7 +108,7 @@ def build_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items
       text_basis: a fixed PCA basis of the text table (a warm start's); None fits it to `text_table`.
 
     Returns:
-      A `TwoTowerModel` compiled with Adam.
+      A `TwoTowerModel` compiled with `cfg.optimizer` (trainer/optimizers.py).
     """
     if isinstance(train, StreamedExamples):
         item_counts = train.item_counts[:num_items]
@@ -122,7 +123,7 @@ def build_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items
         learning_rate = tf.keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total_steps)
     elif cfg.lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),
+    model.compile(optimizer=make_optimizer(cfg.optimizer, learning_rate),
                   jit_compile=distribution.use_xla(cfg.jit_compile, cfg.xla_on_gpu),
                   steps_per_execution=max(1, cfg.steps_per_execution))
     return model
