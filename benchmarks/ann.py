@@ -7,7 +7,9 @@ around sub-topics of topics with Zipf-like sizes and varied spreads; queries are
 Per catalogue size, one run:
   - ground truth: exact top-100 (numpy, float32);
   - the served index (trainer.retrieval_index.PartitionedIndex, built as the export builds it, with
-    ModelConfig's defaults) swept over nprobe, in-process: recall@100 vs exact and batch-1 latency;
+    ModelConfig's defaults) swept over nprobe, in-process: recall@100 vs exact and batch-1 latency; and at the
+    default nprobe the same index exported as a SavedModel, loaded into a TF Session the way TF Serving loads
+    it and called through a Session callable (no TF2 eager dispatch, which the server does not pay either);
   - exact search in TF (BruteForceIndex) and the numpy brute-force floor (matmul + argpartition);
   - FAISS IVF-Flat (inner product, the same partition count) over nprobe, and FAISS HNSW (M=16) over efSearch;
   every in-process search above takes turns in blocks of 20 queries, so all see the same machine load;
@@ -135,9 +137,44 @@ def tf_searchers(items, cfg, nprobes) -> tuple[dict, dict]:
             index.nprobe = nprobe
             searchers[f"served IVF ({cfg.ann_scoring}), nprobe={nprobe}"] = searcher(index)
         index.nprobe = default
+        searchers[session_row(cfg)] = session_searcher(index, items.shape[1])
     searchers["exact, TF (BruteForceIndex)"] = searcher(
         BruteForceIndex(ids, items, max_k=cfg.max_k, max_exclude=cfg.max_exclude))
     return searchers, info
+
+
+def session_row(cfg) -> str:
+    return f"served IVF ({cfg.ann_scoring}) at nprobe {cfg.ann_nprobe}, SavedModel run in a TF Session"
+
+
+def session_searcher(index, dim: int):
+    """query -> top-100 positions of `index` exported as a SavedModel and run the way TF Serving runs one: loaded
+    into a (TF1) Session as its SavedModelBundle is, and called through a Session callable (single-threaded).
+    The eager path above also pays TF2's Python dispatch of a function call (~0.27 ms), which the server does not.
+    """
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.index = index
+
+    @tf.function(input_signature=[tf.TensorSpec([None, dim], tf.float32)])
+    def search(query):
+        ids, _ = module.index(query, tf.fill([tf.shape(query)[0], 1], ""), tf.constant([K]))
+        return {"ids": ids}
+
+    export_dir = tempfile.mkdtemp(prefix="ann_session_")
+    try:
+        tf.saved_model.save(module, export_dir, signatures={"serving_default": search})
+        graph = tf.Graph()
+        session = tf.compat.v1.Session(graph=graph, config=tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=1, inter_op_parallelism_threads=1))
+        with graph.as_default():
+            signature = tf.compat.v1.saved_model.loader.load(session, ["serve"], export_dir).signature_def[
+                "serving_default"]
+    finally:
+        shutil.rmtree(export_dir, ignore_errors=True)   # the Session holds the restored variables
+    call = session.make_callable(signature.outputs["ids"].name, [signature.inputs["query"].name])
+    return lambda q: [int(i) for i in call(q[None])[0]]
 
 
 def faiss_searchers(items, partitions, nprobes, seed) -> tuple[dict, dict]:
@@ -245,6 +282,9 @@ def _targets(num_items, rows, served, cfg) -> dict:
         out["faiss_ivf_matched"] = match[0] if match else "none reached the served recall"
         out["in_process_p50_vs_faiss_ivf_matched"] = ours["p50_ms"] / match[1]["p50_ms"] if match else None
         out["grpc_p50_vs_faiss_ivf_matched"] = grpc_row["p50_ms"] / match[1]["p50_ms"] if match else None
+        session = rows.get(session_row(cfg))
+        if session and match:
+            out["session_p50_vs_faiss_ivf_matched"] = session["p50_ms"] / match[1]["p50_ms"]
     if num_items >= 1_000_000:
         out["recall_ge_0.95"] = grpc_row["recall_at_100"] >= 0.95
         out["p50_le_5ms"] = grpc_row["p50_ms"] <= 5.0
@@ -289,7 +329,8 @@ def _plot(results, path) -> None:
             pts = [(r["recall_at_100"], r["p50_ms"]) for n, r in run["rows"].items() if n.startswith(prefix)]
             if pts:
                 ax.plot(*zip(*pts), style, label=prefix + (" (in-process, over nprobe)" if "IVF" in prefix else ""))
-        for name, marker in (("numpy brute-force floor", "kx"), ("exact, TF (BruteForceIndex)", "r+")):
+        for name, marker in (("numpy brute-force floor", "kx"), ("exact, TF (BruteForceIndex)", "r+"),
+                             *((n, "bD") for n in run["rows"] if "in a TF Session" in n)):
             r = run["rows"][name]
             ax.plot(r["recall_at_100"], r["p50_ms"], marker, markersize=10, label=name)
         g = run["rows"][f"gRPC Predict (local server, production settings), k={K}"]
