@@ -11,12 +11,13 @@ text path alone can place items nobody has interacted with (cold start).
 
 The history item representation is linear in (id embedding, text embedding), so the
 weighted mean over the history is taken on the raw 384-d text rows first and projected
-once per query: a step costs O(batch), never O(catalogue).
+once per query, and `LazyAdam` updates only the batch's embedding rows: a step costs O(batch),
+never O(catalogue).
 
     model = TwoTowerModel(ModelConfig(), num_users=610, num_items=9000,
                           text_table=np.zeros([9001, 384], np.float32),
                           item_counts=np.ones([9000]))
-    model.compile(tf.keras.optimizers.Adam(0.005))
+    model.compile(LazyAdam(0.005))   # trainer/optimizers.py: Adam's sparse updates would touch every row
     model.fit(dataset_of_index_features)
 """
 from __future__ import annotations
