@@ -16,9 +16,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUPS = [(ModelConfig, "MODEL"), (EvaluationConfig, "EVAL"), (ServingCheckConfig, "SERVING_CHECK")]
 
 
-# Fields whose values the config checks (gate_config.py: metric names, ranges): a valid other value.
+# Fields whose values the config checks (gate_config.py: metric names, ranges; model_config.py: optimizer): a valid other value.
 CHECKED_FIELDS = {"baseline_metric": ("ndcg@50", "ndcg@50"), "popularity_metric": ("recall@10", "recall@10"),
-                  "thresholds": ({"recall@10": 0.25}, '{"recall@10": 0.25}'), "max_relative_drop": (0.1, "0.1")}
+                  "thresholds": ({"recall@10": 0.25}, '{"recall@10": 0.25}'), "max_relative_drop": (0.1, "0.1"),
+                  "optimizer": ("adam", "adam")}
 
 
 def _another_value(value, annotation, name=""):
