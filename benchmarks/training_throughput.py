@@ -220,14 +220,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 + "\n".join(rows) + "\n\nTarget: >= 20,000 examples/s on 2 CPU cores with the frozen encoder "
                 "(default config; issue 16). "
                 f"Load average at the start {start_load:.1f}: the machine is shared, compare rows of one run.\n")
-    print(markdown)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "training_throughput.md"), "w") as f:
-        f.write(markdown)
-    with open(os.path.join(args.out, "training_throughput.json"), "w") as f:
-        json.dump({"runs": runs, "config": base.to_dict(), "examples": args.examples, "cpus": cpus,
-                   "devices": [d.name for d in tf.config.list_logical_devices()]}, f, indent=1)
+    write_results(args.out, "training_throughput", markdown,
+                  {"runs": runs, "config": base.to_dict(), "examples": args.examples, "cpus": cpus,
+                   "devices": [d.name for d in tf.config.list_logical_devices()]})
     return 0
+
+
+def write_results(out_dir: str, stem: str, markdown: str, payload: dict) -> None:
+    """Prints the table and writes `<out_dir>/<stem>.md` and `.json`."""
+    print(markdown)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, stem + ".md"), "w") as f:
+        f.write(markdown)
+    with open(os.path.join(out_dir, stem + ".json"), "w") as f:
+        json.dump(payload, f, indent=1)
 
 
 def _main_streamed(args, base: ModelConfig, train, table, num_users: int, argv) -> int:
@@ -245,13 +251,8 @@ def _main_streamed(args, base: ModelConfig, train, table, num_users: int, argv) 
                 f"{os.cpu_count()} CPUs, `python -m benchmarks.training_throughput "
                 f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n" + "\n".join(rows)
                 + "\n\nTarget: streamed >= 25,000 examples/s on 2 CPU cores (default config).\n")
-    print(markdown)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "training_throughput_streamed.md"), "w") as f:
-        f.write(markdown)
-    with open(os.path.join(args.out, "training_throughput_streamed.json"), "w") as f:
-        json.dump({"runs": runs, "config": base.to_dict(), "examples": args.examples, "cpus": os.cpu_count()},
-                  f, indent=1)
+    write_results(args.out, "training_throughput_streamed", markdown,
+                  {"runs": runs, "config": base.to_dict(), "examples": args.examples, "cpus": os.cpu_count()})
     return 0
 
 
@@ -277,13 +278,8 @@ def _main_catalogue(args, base: ModelConfig, argv) -> int:
     markdown = (f"Two-tower training throughput against the catalogue size, {args.examples:,} synthetic examples "
                 f"(610 users), {os.cpu_count()} CPUs, `python -m benchmarks.training_throughput "
                 f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n" + "\n".join(rows) + "\n")
-    print(markdown)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "training_throughput_catalogue.md"), "w") as f:
-        f.write(markdown)
-    with open(os.path.join(args.out, "training_throughput_catalogue.json"), "w") as f:
-        json.dump({"runs": runs, "config": base.to_dict(), "examples": args.examples, "cpus": os.cpu_count()},
-                  f, indent=1)
+    write_results(args.out, "training_throughput_catalogue", markdown,
+                  {"runs": runs, "config": base.to_dict(), "examples": args.examples, "cpus": os.cpu_count()})
     return 0
 
 
