@@ -9,7 +9,7 @@ Per catalogue size, one run:
   - the served index (trainer.retrieval_index.PartitionedIndex, built as the export builds it, with
     ModelConfig's defaults) swept over nprobe, in-process: recall@100 vs exact and batch-1 latency; and at the
     default nprobe the same index exported as a SavedModel, loaded into a TF Session the way TF Serving loads
-    it and called through a Session callable (no TF2 eager dispatch, which the server does not pay either);
+    it and called through a Session callable (the server's way of running the graph, without TF2's eager calls);
   - exact search in TF (BruteForceIndex) and the numpy brute-force floor (matmul + argpartition);
   - FAISS IVF-Flat (inner product, the same partition count) over nprobe, and FAISS HNSW (M=16) over efSearch;
   every in-process search above takes turns in blocks of 20 queries, so all see the same machine load;
@@ -150,7 +150,7 @@ def session_row(cfg) -> str:
 def session_searcher(index, dim: int):
     """query -> top-100 positions of `index` exported as a SavedModel and run the way TF Serving runs one: loaded
     into a (TF1) Session as its SavedModelBundle is, and called through a Session callable (single-threaded).
-    The eager path above also pays TF2's Python dispatch of a function call (~0.27 ms), which the server does not.
+    It tells whether the eager rows' fixed cost per call is Python's or TF's (at 1M items it was TF's: both 1.2 ms).
     """
     import tensorflow as tf
 
