@@ -14,8 +14,10 @@ FROM tensorflow/tfx:1.16.0 AS base
 # Same uv as the Makefile (UV_VERSION), from PyPI.
 ARG UV_VERSION=0.13.9
 
-# Keras 2 for TFRS / TF Hub / tf.Transform in every process of every step.
+# Keras 2 for TFRS / TF Hub / tf.Transform in every process of every step; freed tensors back to the
+# system (pipeline/__init__.py says why).
 ENV TF_USE_LEGACY_KERAS=1 \
+    TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1 \
     PYTHONPATH=/pipeline \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

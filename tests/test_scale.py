@@ -239,3 +239,36 @@ def test_rerun_after_one_percent_of_texts_changed_encodes_only_those(tiny_exampl
         f.write("another encoder")
     third = _embed(items, first, str(tmp_path / "third"), tiny_encoder)
     assert third.get_int_custom_property("texts_encoded") == len(set(texts))
+
+
+# -- one process for every component ------------------------------------------------------------------
+_ALLOCATE_AND_FREE = """
+import pipeline  # what the tfx CLI's runner imports first
+import tensorflow as tf
+
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2 ** 20
+
+before = rss_mb()
+tensors = [tf.random.uniform([1024, 1024 * 16]) * 2.0 for _ in range(8)]  # 8 x 64 MB, like a component's peak
+during = rss_mb()
+del tensors
+print(before, during, rss_mb())
+"""
+
+
+def test_tensors_a_component_frees_leave_the_pipeline_process():
+    """The local runner runs every component in one process: a component's freed tensors must go back to
+    the system, not stay in TensorFlow's oneDNN pool (which never shrinks) for the rest of the run."""
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_DIR
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"}
+    env.update(PYTHONPATH=PROJECT_DIR, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", _ALLOCATE_AND_FREE], env=env, capture_output=True, text=True,
+                            timeout=300, check=True)
+    before, during, after = map(float, result.stdout.split())
+    assert during - before > 400, (before, during)  # the tensors were really allocated
+    assert after - before < 150, f"{after - before:.0f} MB of freed tensors stayed resident ({before}, {during})"
