@@ -17,7 +17,8 @@ from the environment) three times:
 The 150k comparison of 1 worker vs every core that made one worker the default is in scaling_150k_workers.md.
 Per component, the wall time is its execution's create -> last update in ML Metadata; the peak RSS is
 the largest sum of the RSS of the whole process tree of `tfx run create` sampled every 0.5 s while that
-component ran. Finished (size, run) pairs are kept in the JSON and skipped when run again, so the
+component ran, and its RSS at start is what it inherited from the components before it (one process runs
+them all); each run's RSS samples go to `<run root>/run-<time>-rss.csv`. Finished (size, run) pairs are kept in the JSON and skipped when run again, so the
 sizes can be run in parts. Writes scaling.{json,md,png}.
 """
 from __future__ import annotations
@@ -165,6 +166,15 @@ class TreeRss:
     def peak(self, start: float = 0.0, end: float = float("inf")) -> int:
         return max((rss for t, rss in self.samples if start <= t <= end), default=0)
 
+    def at(self, when: float) -> int:
+        """The last sample at or before `when` (what a component inherited when it started)."""
+        return max(((t, rss) for t, rss in self.samples if t <= when), default=(0.0, 0))[1]
+
+    def write_csv(self, path: str, started: float) -> None:
+        with open(path, "w") as f:
+            f.write("seconds,rss_mb\n")
+            f.writelines(f"{t - started:.1f},{rss / 2 ** 20:.0f}\n" for t, rss in self.samples)
+
 
 def component_times(metadata_db: str, started: float, until: float = 4e9) -> dict[str, tuple[float, float]]:
     """{node id: (start, end) epoch seconds} of the executions ML Metadata recorded in [started, until)."""
@@ -207,11 +217,14 @@ def run_pipeline(name: str, data: str, beam_args: Optional[str] = None, fresh: b
         rss = TreeRss(proc.pid)
         code = proc.wait()
         rss.stop()
+    rss.write_csv(log_path.replace(".log", "-rss.csv"), started)
     wall = time.time() - started
     if code != 0:
         raise RuntimeError(f"pipeline run {name} failed ({code}); see {log_path}")
     times = component_times(os.path.join(output, "metadata", f"scaling-{name}", "metadata.db"), started)
-    components = {node: {"seconds": round(end - start, 2), "peak_rss_mb": round(rss.peak(start, end) / 2 ** 20)}
+    # RSS at start: what the component inherited from earlier ones (they all share the `tfx run` process).
+    components = {node: {"seconds": round(end - start, 2), "peak_rss_mb": round(rss.peak(start, end) / 2 ** 20),
+                         "start_rss_mb": round(rss.at(start) / 2 ** 20)}
                   for node, (start, end) in sorted(times.items(), key=lambda kv: kv[1][0])}
     return {"wall_seconds": round(wall, 1), "peak_rss_mb": round(rss.peak() / 2 ** 20), "components": components,
             "load_average": list(os.getloadavg()), "beam_pipeline_args": beam_args or "default",
@@ -304,7 +317,7 @@ def write_markdown(results: dict, path: str) -> None:
         # Rates from the size's fresh run over the whole data: `first`, else `daily-first` (as the targets do).
         kind = next((k for k in FIRST_RUNS if k in runs), "first")
         header = ("| component | " + " | ".join(f"{r} s" for r in runs)
-                  + f" | {kind}: rows/s | {kind}: s per M rows | {kind}: peak RSS MB |")  # rows: items for Item*/CatalogEmbedder
+                  + f" | {kind}: rows/s | {kind}: s per M rows | {kind}: peak RSS MB | {kind}: RSS at start MB |")  # rows: items for Item*/CatalogEmbedder
         lines += [header, "|" + "---|" * (header.count("|") - 1)]
         for node in nodes:
             if not any(node in r["components"] for r in runs.values()):
@@ -312,14 +325,15 @@ def write_markdown(results: dict, path: str) -> None:
             cells = [f"{r['components'][node]['seconds']:.1f}" if node in r["components"] else "cached/–"
                      for r in runs.values()]
             first = runs.get(kind, {}).get("components", {}).get(node)
-            extra = ["–", "–", "–"]
+            extra = ["–", "–", "–", "–"]
             if first and first["seconds"] > 0:
                 extra = [f"{_rows(node, rows) / first['seconds']:,.0f}",
-                         f"{first['seconds'] / (_rows(node, rows) / 1e6):.1f}", f"{first['peak_rss_mb'] or '–'}"]
+                         f"{first['seconds'] / (_rows(node, rows) / 1e6):.1f}", f"{first['peak_rss_mb'] or '–'}",
+                         f"{first.get('start_rss_mb') or '–'}"]
             lines.append(f"| {node} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
         lines.append("| **whole run** | " + " | ".join(
             f"**{r['wall_seconds']:.0f}**" if r.get("complete", True) else "incomplete" for r in runs.values())
-            + f" | | | {runs.get(kind, {}).get('peak_rss_mb') or '–'} |")
+            + f" | | | {runs.get(kind, {}).get('peak_rss_mb') or '–'} | |")
         if "first" in runs and "allcores" in runs:
             lines += ["", f"Beam on every core (`{EVERY_CORE_ARGS}`) vs the default single in-process worker, "
                       "rows/s per Beam component:", "",
