@@ -142,7 +142,15 @@ def test_training_input_streams_full_shuffled_batches_over_the_memory_budget(tmp
 
     # Within the budget: the in-memory fast path, every row once.
     in_memory, _ = run_fn.training_input(fn_args, tft_output, ModelConfig(batch_size=64), num_items)
-    assert isinstance(in_memory, dict) and sorted(in_memory[contract.ITEM_INDEX].tolist()) == sorted(items.tolist())
+    assert isinstance(in_memory, dict)
+    np.testing.assert_array_equal(in_memory[contract.ITEM_INDEX], items)   # every row once, in file order
+    np.testing.assert_array_equal(in_memory[contract.USER_INDEX], np.arange(n) % 7)
+    assert in_memory[contract.HISTORY_INDEX].shape == (n, contract.HISTORY_LENGTH)
+    # Loaded into arrays sized by the count: a wrong count is an error, never rows left unfilled.
+    with pytest.raises(ValueError, match=f"hold more than the {n - 1} examples counted"):
+        run_fn.load_index_features(fn_args, tft_output, files, n - 1)
+    with pytest.raises(ValueError, match=f"hold {n} examples, {n + 1} counted"):
+        run_fn.load_index_features(fn_args, tft_output, files, n + 1)
 
     # Over it (budget 0): a stream of full batches that goes on past one epoch, item counts from one pass.
     streamed, validation = run_fn.training_input(fn_args, tft_output,

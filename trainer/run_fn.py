@@ -64,19 +64,32 @@ def _index_dataset(fn_args, tft_output: tft.TFTransformOutput, files: list[str],
     return dataset.map(dense, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def load_index_features(fn_args, tft_output: tft.TFTransformOutput, files: list[str]) -> dict[str, np.ndarray]:
+def load_index_features(fn_args, tft_output: tft.TFTransformOutput, files: list[str],
+                        num_examples: Optional[int] = None) -> dict[str, np.ndarray]:
     """All transformed examples of `files` as numpy arrays (the fast path for data within the memory budget).
+
+    Batches are copied into arrays allocated once for `num_examples` rows (counted when not given): no list
+    of batches to concatenate, so loading peaks at the arrays' own size, not twice it.
 
     Returns:
       `{"user_index": [N], "item_index": [N], "history_index": [N, HISTORY_LENGTH]}` int64 arrays.
     """
+    n = count_examples(files) if num_examples is None else num_examples
+    columns = {contract.USER_INDEX: np.empty([n], np.int64), contract.ITEM_INDEX: np.empty([n], np.int64),
+               contract.HISTORY_INDEX: np.empty([n, contract.HISTORY_LENGTH], np.int64)}
     dataset = _index_dataset(fn_args, tft_output, files,
                              tfxio.TensorFlowDatasetOptions(batch_size=8192, num_epochs=1, shuffle=False))
-    columns: dict[str, list] = {contract.USER_INDEX: [], contract.ITEM_INDEX: [], contract.HISTORY_INDEX: []}
+    filled = 0
     for batch in dataset:
-        for name in columns:
-            columns[name].append(batch[name].numpy())
-    return {name: np.concatenate(values) for name, values in columns.items()}
+        size = int(batch[contract.ITEM_INDEX].shape[0])
+        if filled + size > n:
+            raise ValueError(f"{files} hold more than the {n} examples counted")
+        for name, array in columns.items():
+            array[filled:filled + size] = batch[name].numpy()
+        filled += size
+    if filled != n:
+        raise ValueError(f"{files} hold {filled} examples, {n} counted")
+    return columns
 
 
 def count_examples(file_patterns: list[str]) -> int:
@@ -112,7 +125,7 @@ def training_input(fn_args, tft_output: tft.TFTransformOutput, cfg: ModelConfig,
     """(train, validation): in memory when the data fits `cfg.in_memory_budget_mb`, else streamed."""
     n = count_examples(fn_args.train_files)
     if n * INDEX_BYTES_PER_EXAMPLE <= cfg.in_memory_budget_mb * 2 ** 20:
-        return (load_index_features(fn_args, tft_output, fn_args.train_files),
+        return (load_index_features(fn_args, tft_output, fn_args.train_files, n),
                 load_index_features(fn_args, tft_output, fn_args.eval_files))
     logging.info("Streaming %d training examples from the Transform output (over the %d MiB memory budget)",
                  n, cfg.in_memory_budget_mb)
