@@ -18,8 +18,8 @@ The 150k comparison of 1 worker vs every core that made one worker the default i
 Per component, the wall time is its execution's create -> last update in ML Metadata; the peak RSS is
 the largest sum of the RSS of the whole process tree of `tfx run create` sampled every 0.5 s while that
 component ran, and its RSS at start is what it inherited from the components before it (one process runs
-them all); each run's RSS samples go to `<run root>/run-<time>-rss.csv`. Finished (size, run) pairs are kept in the JSON and skipped when run again, so the
-sizes can be run in parts. Writes scaling.{json,md,png}.
+them all); each run's RSS samples go to `<run root>/run-<time>-rss.csv`. Finished (size, run) pairs are kept
+in the JSON and skipped when run again, so the sizes can be run in parts. Writes scaling.{json,md,png}.
 """
 from __future__ import annotations
 

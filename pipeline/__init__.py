@@ -5,7 +5,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # Every component of a local run shares this one process. TensorFlow's oneDNN build otherwise
 # allocates CPU tensors from its own pool (a BFC allocator that grows in doubling regions and never
-# frees), so each component's TF peak stayed resident for the rest of the run (8.8 GB at 5M rows).
+# frees), so each component's TF peak stayed resident for the rest of the run.
 # With the system allocator freed tensors go back to malloc, for the next component to reuse;
 # oneDNN's kernels stay on (training 0.98x, encoding 1.00x: benchmarks/results/allocator/).
 os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
