@@ -14,6 +14,8 @@ weighted mean over the history is taken on the raw 384-d text rows first and pro
 once per query, and `LazyAdam` updates only the batch's embedding rows: a step costs O(batch),
 never O(catalogue).
 
+    from trainer.optimizers import LazyAdam
+
     model = TwoTowerModel(ModelConfig(), num_users=610, num_items=9000,
                           text_table=np.zeros([9001, 384], np.float32),
                           item_counts=np.ones([9000]))
