@@ -33,6 +33,7 @@ from schema import contract
 from trainer.model_config import ModelConfig
 from trainer.retrieval_task import in_batch_softmax_loss
 from trainer.sequence_tower import CausalSelfAttention
+from trainer.text_basis import principal_directions
 
 QUERY_TOWERS = ("mean", "sasrec")
 
@@ -84,10 +85,7 @@ class TwoTowerModel(tf.keras.Model):
             if text_basis is not None and tuple(np.shape(text_basis)) == (text_table.shape[1], cfg.text_pca_dim):
                 basis = np.asarray(text_basis, np.float32)
             else:
-                rows = text_table[np.abs(text_table).sum(axis=1) > 0]
-                _, _, vt = np.linalg.svd(rows if len(rows) else text_table, full_matrices=False)
-                basis = np.zeros([text_table.shape[1], cfg.text_pca_dim], np.float32)
-                basis[:, :min(cfg.text_pca_dim, vt.shape[0])] = vt[:cfg.text_pca_dim].T
+                basis = principal_directions(text_table, cfg.text_pca_dim)
             self.text_basis = tf.Variable(basis, trainable=False, name="text_basis")
             text_table = text_table @ basis
         self.text_table = tf.Variable(text_table, trainable=False, name="text_table")
