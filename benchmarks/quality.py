@@ -21,7 +21,9 @@ user is their id and their last 20 train items (the history as of the split poin
 Cold items: 10% of the interacted items (seeded) lose *all* their interactions from training; the
 same models are trained again on that reduced train set and evaluated on two slices of the same
 test set: `cold` (relevant = the user's test interactions with cold items) and `warm` (the rest).
-Ranking is still over the full catalogue.
+Ranking is still over the full catalogue. The cold items are new items: they arrive after training, as
+`make refresh-catalogue` adds them, so their vectors keep full weight; other catalogue items without a
+train interaction get `ModelConfig.unseen_item_scale` (`trainer.train.candidate_vectors`), in both scenarios.
 
 EASE's lambda is tuned on a validation split of train (the same per-user chronological 80/20 of
 the train part). The two-tower models use the config the pipeline trains: `ModelConfig()` with the
@@ -71,6 +73,8 @@ VARIANTS = {
     "TwoTower-BERT-mean-tower": {"query_tower": "mean"},
     "TwoTower-BERT-sasrec-tower": {"query_tower": "sasrec"},
     "TwoTower-BERT+id-from-text": {"id_from_text": "true"},
+    # The default before the content-to-id map and `unseen_item_scale` (issue 16's cold-start change).
+    "TwoTower-BERT-no-id-from-text": {"id_from_text": "false", "unseen_item_scale": "1.0"},
     "TwoTower-BERT+id-dropout-curriculum": {"id_dropout_start": "0.9"},
     "TwoTower-BERT+id-dropout-0.3": {"id_dropout": "0.3"},     # the previous default: cold items first
 }
@@ -296,8 +300,11 @@ def index_features(train: pd.DataFrame, queries: Queries) -> IndexData:
 
 
 def two_tower_scores(cfg: ModelConfig, data: IndexData, catalogue_ids: list[str], text_vectors: np.ndarray,
-                     callbacks=None, verbose: int = 2):
-    """Trains with `trainer.train.train_model`; returns (scores [queries, catalogue], model, train seconds)."""
+                     callbacks=None, verbose: int = 2, new_items: Optional[set] = None):
+    """Trains with `trainer.train.train_model`; returns (scores [queries, catalogue], model, train seconds).
+
+    `new_items`: catalogue items that arrive after training (the cold slice's held-out items, as
+    `make refresh-catalogue` would add them): full-weight vectors, not `unseen_item_scale`'s."""
     from trainer.train import build_text_table, train_model
 
     text_table = build_text_table(data.item_vocab, catalogue_ids, text_vectors)
@@ -305,15 +312,17 @@ def two_tower_scores(cfg: ModelConfig, data: IndexData, catalogue_ids: list[str]
     model = train_model(cfg, data.train, len(data.user_vocab), len(data.item_vocab), text_table,
                         verbose=verbose, callbacks=callbacks)
     seconds = time.time() - start
-    return score_two_tower(model, data, catalogue_ids, text_vectors), model, seconds
+    return score_two_tower(model, data, catalogue_ids, text_vectors, new_items), model, seconds
 
 
-def score_two_tower(model, data: IndexData, catalogue_ids: list[str], text_vectors: np.ndarray) -> np.ndarray:
+def score_two_tower(model, data: IndexData, catalogue_ids: list[str], text_vectors: np.ndarray,
+                    new_items: Optional[set] = None) -> np.ndarray:
     import tensorflow as tf
 
     from trainer.train import candidate_vectors, catalogue_index
 
-    candidates = candidate_vectors(model, catalogue_index(data.item_vocab, catalogue_ids), text_vectors)
+    candidates = candidate_vectors(model, catalogue_index(data.item_vocab, catalogue_ids), text_vectors,
+                                   new_items=np.isin(catalogue_ids, sorted(new_items or ())))
     queries = np.concatenate([
         model.query_embedding(tf.constant(data.query_user[i:i + 4096]),
                               tf.constant(data.query_history[i:i + 4096])).numpy()
@@ -488,8 +497,9 @@ def learned_models(cfg: ModelConfig, text_vectors: np.ndarray,
     """Name -> (config, catalogue text vectors) of every learned model the benchmark trains.
 
     Variants equal to the default config (e.g. its own query tower) are left out."""
-    # Nothing to fall back on without text: the ID-only model keeps every id.
-    models = {"TwoTower-ID": (dataclasses.replace(cfg, id_dropout=0.0), np.zeros_like(text_vectors)),
+    # Nothing to fall back on without text: the ID-only model keeps every id, and has no text to map to ids.
+    models = {"TwoTower-ID": (dataclasses.replace(cfg, id_dropout=0.0, id_dropout_start=-1.0, id_from_text=False),
+                              np.zeros_like(text_vectors)),
               DEFAULT_MODEL: (cfg, text_vectors)}
     if not with_id_only:
         del models["TwoTower-ID"]
@@ -553,14 +563,16 @@ def run_benchmark(args) -> dict:
     timings: dict = {}
     cold = set(splits.cold_items)
     train_users = set(splits.train[contract.USER_ID])
+    # (scenario, train rows, slices, items new after training): the cold scenario's held-out items arrive
+    # after training, as `make refresh-catalogue` adds new items.
     scenarios = [
         ("all", splits.train, {"all": lambda d: d,
                                # Users with no train rows (none under the per-user split; kept for other splits).
-                               "new_users": lambda d: d[~d[contract.USER_ID].isin(train_users)]}),
+                               "new_users": lambda d: d[~d[contract.USER_ID].isin(train_users)]}, set()),
         ("cold", splits.cold_train, {"cold": lambda d: d[d[contract.ITEM_ID].isin(cold)],
-                                     "warm": lambda d: d[~d[contract.ITEM_ID].isin(cold)]}),
+                                     "warm": lambda d: d[~d[contract.ITEM_ID].isin(cold)]}, cold),
     ]
-    for scenario, train, slices in scenarios:
+    for scenario, train, slices, new_items in scenarios:
         # Exclusions: everything the user interacted with before the split (cold items included).
         queries = make_queries(train, splits.test, column, slices, exclude_from=splits.train)
         log(f"[{scenario}] {len(train)} train interactions, {len(queries.users)} test users")
@@ -575,7 +587,8 @@ def run_benchmark(args) -> dict:
                 log(f"[{scenario}] training {name} seed {seed}: {len(data.train[contract.ITEM_INDEX])} examples, "
                     f"{model_cfg.epochs} epochs of batch {model_cfg.batch_size}")
                 model_scores, _, seconds = two_tower_scores(dataclasses.replace(model_cfg, seed=seed), data,
-                                                            catalogue_ids, vectors, verbose=verbose)
+                                                            catalogue_ids, vectors, verbose=verbose,
+                                                            new_items=new_items)
                 timings.setdefault(f"{scenario}/{name}", []).append(round(seconds, 1))
                 for slice_name in slices:
                     runs[slice_name][name].append(evaluate(model_scores, queries, slice_name))
@@ -675,7 +688,7 @@ def run_tuning(args, cfg: ModelConfig, interactions: pd.DataFrame, items: pd.Dat
         cold_queries = make_queries(cold_fit, validation, column,
                                     {"cold": lambda d: d[d[contract.ITEM_ID].isin(set(cold))],
                                      "warm": lambda d: d[~d[contract.ITEM_ID].isin(set(cold))]}, exclude_from=fit)
-        cold_setup = (index_features(cold_fit, cold_queries), cold_queries, len(cold))
+        cold_setup = (index_features(cold_fit, cold_queries), cold_queries, set(cold))
     out_dir = os.path.join(args.out, TUNING_DIR)
     os.makedirs(out_dir, exist_ok=True)
     written, done = {}, {}
@@ -687,6 +700,8 @@ def run_tuning(args, cfg: ModelConfig, interactions: pd.DataFrame, items: pd.Dat
                 runs.append({**done[run_cfg], "value": getattr(run_cfg, field)})
                 continue
             vectors = np.zeros_like(text_vectors) if args.id_only else text_vectors
+            if args.id_only:   # as `learned_models`' ID-only model: no text to map to ids
+                run_cfg = dataclasses.replace(run_cfg, id_from_text=False)
             log(f"[tune] {field}={value}")
             start = time.time()
             curve = tune_curve(run_cfg, data, catalogue_ids, vectors, queries, verbose)
@@ -695,7 +710,8 @@ def run_tuning(args, cfg: ModelConfig, interactions: pd.DataFrame, items: pd.Dat
                    "train_seconds": round(time.time() - start, 1)}
             if cold_setup is not None:
                 cold_data, cold_queries, _ = cold_setup
-                scores, _, _ = two_tower_scores(run_cfg, cold_data, catalogue_ids, vectors, verbose=verbose)
+                scores, _, _ = two_tower_scores(run_cfg, cold_data, catalogue_ids, vectors, verbose=verbose,
+                                                new_items=cold_setup[2])
                 run["cold_validation"] = {s: {k: round(v, 4) for k, v in evaluate(scores, cold_queries, s).items()
                                               if k not in ("curve", "per_user")} for s in ("cold", "warm")}
             runs.append(run)
@@ -709,7 +725,7 @@ def run_tuning(args, cfg: ModelConfig, interactions: pd.DataFrame, items: pd.Dat
                                                     "split chronologically into fit/validation; test unread",
                                "fit_interactions": len(fit), "validation_interactions": len(validation),
                                "validation_users": len(queries.users),
-                               "cold_validation_items": cold_setup[2] if cold_setup else 0},
+                               "cold_validation_items": len(cold_setup[2]) if cold_setup else 0},
                   "id_only": bool(args.id_only), "runs": runs,
                   "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
         name = f"{args.tag}_{field}" if args.tag else field

@@ -190,6 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "query_tower_mean": dataclasses.replace(base, query_tower="mean"),
                 "query_tower_sasrec": dataclasses.replace(base, query_tower="sasrec"),
                 "id_from_text": dataclasses.replace(base, id_from_text=True),
+                "no_id_from_text": dataclasses.replace(base, id_from_text=False),
                 "id_dropout_curriculum_0.9": dataclasses.replace(base, id_dropout_start=0.9)}
     variants = {name: cfg for name, cfg in variants.items() if name == "default" or cfg != base}
     if args.variants:

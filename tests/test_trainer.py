@@ -84,14 +84,43 @@ def test_recency_weights_follow_rank_from_the_end():
     assert w[0, 3:].sum() == 0 and w[2].sum() == 0
 
 
-def test_unknown_item_is_placed_by_its_text_alone():
-    model = _tiny_model()
+@pytest.mark.parametrize("id_from_text", [False, True])
+def test_unknown_item_is_placed_by_its_text_alone(id_from_text):
+    """An unknown item is a known item whose id vector is zero, or with `id_from_text` the map's stand-in."""
+    model = _tiny_model(ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=4,
+                                    id_from_text=id_from_text))
     text = model.item_text_embedding(tf.constant([3]))
     unknown = model.candidate_embedding(tf.constant([model.num_items]), text).numpy()
-    # Zeroing the id embedding of a known item gives the same vector as an unknown item with that text.
-    model.item_embedding.embeddings.assign(tf.zeros_like(model.item_embedding.embeddings))
-    known_without_id = model.candidate_embedding(tf.constant([3]), text).numpy()
-    np.testing.assert_allclose(unknown, known_without_id, atol=1e-6)
+    stand_in = model.text_to_id(model.text_for_id(text)) if id_from_text else tf.zeros([1, 8])
+    rows = model.item_embedding.embeddings
+    rows.assign(tf.tensor_scatter_nd_update(rows, [[3]], stand_in))
+    known_with_that_id = model.candidate_embedding(tf.constant([3]), text).numpy()
+    np.testing.assert_allclose(unknown, known_with_that_id, atol=1e-6)
+    # A different text places it elsewhere: the vector is the text's, not a constant "unknown" vector.
+    other = model.candidate_embedding(tf.constant([model.num_items]), model.item_text_embedding(tf.constant([5])))
+    assert np.abs(other.numpy() - unknown).max() > 1e-3
+
+
+def test_index_vectors_scale_items_without_interactions_but_not_new_ones():
+    """`unseen_item_scale`: a catalogue item that never had an interaction needs a better text match to rank
+    (its vector is scaled); an item added after training (`new_items`, as refresh-catalogue adds them) is not."""
+    from trainer.train import candidate_vectors, catalogue_index
+
+    cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=4, unseen_item_scale=0.25)
+    model = _tiny_model(cfg, num_items=3, text_dim=6)
+    vocab, catalogue = ["a", "b", "c"], ["a", "idle", "b", "new", "c"]
+    index = catalogue_index(vocab, catalogue)
+    text = np.random.default_rng(1).normal(size=[5, 6]).astype(np.float32)
+    full = model.candidate_embedding(tf.constant(index), tf.constant(text)).numpy()
+    vectors = candidate_vectors(model, index, text, new_items=np.array([c == "new" for c in catalogue]))
+    np.testing.assert_allclose(vectors[[0, 2, 3, 4]], full[[0, 2, 3, 4]], atol=1e-6)
+    np.testing.assert_allclose(vectors[1], 0.25 * full[1], atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), [1, 0.25, 1, 1, 1], atol=1e-5)
+    # Without `new_items` (the pipeline's export: every catalogue item was there when it trained) both scale.
+    np.testing.assert_allclose(np.linalg.norm(candidate_vectors(model, index, text), axis=1),
+                               [1, 0.25, 1, 0.25, 1], atol=1e-5)
+    with pytest.raises(ValueError, match="unseen_item_scale=1.5: must be in"):
+        ModelConfig(unseen_item_scale=1.5)
 
 
 @pytest.mark.slow
@@ -167,4 +196,8 @@ def test_model_loss_is_tfrs_retrieval_on_its_own_embeddings():
     task = tfrs.tasks.Retrieval(temperature=model.cfg.temperature, remove_accidental_hits=True)
     expected = task(query, candidate, candidate_ids=item_index, compute_metrics=False,
                     candidate_sampling_probability=tf.exp(tf.gather(model.item_log_probability, item_index)))
+    # plus, with the default `id_from_text`, the content-to-id map's error on the batch's known items
+    assert model.cfg.id_from_text
+    stand_in = model.text_to_id(model.text_for_id(model.item_text_embedding(item_index)))
+    expected += tf.reduce_sum(tf.square(stand_in - model.item_embedding(item_index)))
     np.testing.assert_allclose(model.compute_loss(inputs).numpy(), expected.numpy(), rtol=1e-5)
