@@ -491,14 +491,19 @@ def model_config(args) -> ModelConfig:
     return overrides.with_overrides(overrides.from_env(ModelConfig(), "MODEL"), values)
 
 
+def id_only(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` for zero text vectors: no content-to-id map (it would map every item's zero text to one stand-in)."""
+    return dataclasses.replace(cfg, id_from_text=False)
+
+
 def learned_models(cfg: ModelConfig, text_vectors: np.ndarray,
                    variants: Sequence[str] = (),
                    with_id_only: bool = True) -> dict[str, tuple[ModelConfig, np.ndarray]]:
     """Name -> (config, catalogue text vectors) of every learned model the benchmark trains.
 
     Variants equal to the default config (e.g. its own query tower) are left out."""
-    # Nothing to fall back on without text: the ID-only model keeps every id, and has no text to map to ids.
-    models = {"TwoTower-ID": (dataclasses.replace(cfg, id_dropout=0.0, id_dropout_start=-1.0, id_from_text=False),
+    # Nothing to fall back on without text: the ID-only model keeps every id.
+    models = {"TwoTower-ID": (dataclasses.replace(id_only(cfg), id_dropout=0.0, id_dropout_start=-1.0),
                               np.zeros_like(text_vectors)),
               DEFAULT_MODEL: (cfg, text_vectors)}
     if not with_id_only:
@@ -700,8 +705,8 @@ def run_tuning(args, cfg: ModelConfig, interactions: pd.DataFrame, items: pd.Dat
                 runs.append({**done[run_cfg], "value": getattr(run_cfg, field)})
                 continue
             vectors = np.zeros_like(text_vectors) if args.id_only else text_vectors
-            if args.id_only:   # as `learned_models`' ID-only model: no text to map to ids
-                run_cfg = dataclasses.replace(run_cfg, id_from_text=False)
+            if args.id_only:
+                run_cfg = id_only(run_cfg)
             log(f"[tune] {field}={value}")
             start = time.time()
             curve = tune_curve(run_cfg, data, catalogue_ids, vectors, queries, verbose)
