@@ -324,8 +324,8 @@ def score_two_tower(model, data: IndexData, catalogue_ids: list[str], text_vecto
     candidates = candidate_vectors(model, catalogue_index(data.item_vocab, catalogue_ids), text_vectors,
                                    new_items=np.isin(catalogue_ids, sorted(new_items or ())))
     queries = np.concatenate([
-        model.query_embedding(tf.constant(data.query_user[i:i + 4096]),
-                              tf.constant(data.query_history[i:i + 4096])).numpy()
+        model.served_query(tf.constant(data.query_user[i:i + 4096]),
+                           tf.constant(data.query_history[i:i + 4096])).numpy()
         for i in range(0, len(data.query_user), 4096)]) if len(data.query_user) else np.zeros([0, candidates.shape[1]])
     return queries @ candidates.T
 
@@ -492,8 +492,10 @@ def model_config(args) -> ModelConfig:
 
 
 def id_only(cfg: ModelConfig) -> ModelConfig:
-    """`cfg` for zero text vectors: no content-to-id map (it would map every item's zero text to one stand-in)."""
-    return dataclasses.replace(cfg, id_from_text=False)
+    """`cfg` for zero text vectors: no content-to-id map (it would map every item's zero text to one stand-in),
+    and new items, which it cannot tell apart, get the popularity prior of the least popular known item
+    instead of a popular one's (`new_item_popularity` 0; the prior of known items is kept)."""
+    return dataclasses.replace(cfg, id_from_text=False, new_item_popularity=0.0)
 
 
 def learned_models(cfg: ModelConfig, text_vectors: np.ndarray,

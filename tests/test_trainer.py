@@ -1,4 +1,6 @@
 """Unit tests of the trainer modules: item text, preprocessing_fn, model, export signatures."""
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -112,12 +114,12 @@ def test_index_vectors_scale_items_without_interactions_but_not_new_ones():
     index = catalogue_index(vocab, catalogue)
     text = np.random.default_rng(1).normal(size=[5, 6]).astype(np.float32)
     full = model.candidate_embedding(tf.constant(index), tf.constant(text)).numpy()
-    vectors = candidate_vectors(model, index, text, new_items=np.array([c == "new" for c in catalogue]))
+    vectors = candidate_vectors(model, index, text, new_items=np.array([c == "new" for c in catalogue]))[:, :-1]
     np.testing.assert_allclose(vectors[[0, 2, 3, 4]], full[[0, 2, 3, 4]], atol=1e-6)
     np.testing.assert_allclose(vectors[1], 0.25 * full[1], atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), [1, 0.25, 1, 1, 1], atol=1e-5)
     # Without `new_items` (the pipeline's export: every catalogue item was there when it trained) both scale.
-    np.testing.assert_allclose(np.linalg.norm(candidate_vectors(model, index, text), axis=1),
+    np.testing.assert_allclose(np.linalg.norm(candidate_vectors(model, index, text)[:, :-1], axis=1),
                                [1, 0.25, 1, 0.25, 1], atol=1e-5)
     with pytest.raises(ValueError, match="unseen_item_scale=1.5: must be in"):
         ModelConfig(unseen_item_scale=1.5)
@@ -201,3 +203,34 @@ def test_model_loss_is_tfrs_retrieval_on_its_own_embeddings():
     stand_in = model.text_to_id(model.text_for_id(model.item_text_embedding(item_index)))
     expected += tf.reduce_sum(tf.square(stand_in - model.item_embedding(item_index)))
     np.testing.assert_allclose(model.compute_loss(inputs).numpy(), expected.numpy(), rtol=1e-5)
+
+
+def test_served_scores_add_a_popularity_prior_that_ranks_new_items_as_popular_ones():
+    """`popularity_prior`: the served score is the towers' dot product plus prior * (log(1 + n) - log(1 + n_new)),
+    n the item's training interactions, n_new the `new_item_popularity` quantile of them; a new item gets 0, a
+    catalogue item that never had an interaction the prior of n = 0. One extra dimension, so the index is unchanged."""
+    from trainer.train import candidate_vectors, catalogue_index
+
+    cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=4, popularity_prior=0.5,
+                      new_item_popularity=0.5)
+    model = TwoTowerModel(cfg, 5, 3, np.eye(4, 6, dtype=np.float32), item_counts=np.array([1, 3, 99]))
+    vocab, catalogue = ["a", "b", "c"], ["a", "idle", "b", "new", "c"]
+    text = np.random.default_rng(1).normal(size=[5, 6]).astype(np.float32)
+    vectors = candidate_vectors(model, catalogue_index(vocab, catalogue), text,
+                                new_items=np.array([c == "new" for c in catalogue]))
+    assert vectors.shape == (5, cfg.embedding_dim + 1)
+    median = np.log1p(3.0)   # the 0.5 quantile of the counts 1, 3, 99
+    np.testing.assert_allclose(vectors[:, -1], 0.5 * (np.log1p([1.0, 0.0, 3.0, 3.0, 99.0]) - median), atol=1e-6)
+    assert vectors[3, -1] == 0.0   # the new item ranks as an item with the median count would
+    query = model.served_query(tf.constant([1]), tf.constant([[0, 2, -1]])).numpy()
+    np.testing.assert_allclose(query[0, -1], 1.0)
+    tower_scores = model.query_embedding(tf.constant([1]), tf.constant([[0, 2, -1]])).numpy() @ vectors[:, :-1].T
+    np.testing.assert_allclose(query @ vectors.T, tower_scores + vectors[:, -1], atol=1e-6)
+    # 0 switches the prior off: the served score is the towers' dot product.
+    off = TwoTowerModel(dataclasses.replace(cfg, popularity_prior=0.0), 5, 3, np.eye(4, 6, dtype=np.float32),
+                        item_counts=np.array([1, 3, 99]))
+    assert np.all(candidate_vectors(off, catalogue_index(vocab, catalogue), text)[:, -1] == 0.0)
+    for bad, message in ((dict(popularity_prior=-0.1), "popularity_prior=-0.1: must be at least 0"),
+                         (dict(new_item_popularity=1.5), "new_item_popularity=1.5: must be a quantile in")):
+        with pytest.raises(ValueError, match=message):
+            ModelConfig(**bad)

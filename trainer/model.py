@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from schema import contract
 from trainer.model_config import ModelConfig
+from trainer.popularity import PopularityPrior
 from trainer.retrieval_task import in_batch_softmax_loss
 from trainer.sequence_tower import CausalSelfAttention
 from trainer.text_basis import principal_directions
@@ -111,6 +112,9 @@ class TwoTowerModel(tf.keras.Model):
         probabilities = np.asarray(item_counts, np.float64) / max(float(np.sum(item_counts)), 1.0)
         probabilities = np.append(probabilities, probabilities.min(initial=1.0) if len(probabilities) else 1.0)
         self.item_log_probability = tf.constant(np.log(np.maximum(probabilities, 1e-12)), tf.float32)
+        # Serving only: the popularity prior added back to the scores (trainer/popularity.py).
+        self.popularity = PopularityPrior.fit(item_counts, cfg)
+        self.item_prior = tf.constant(self.popularity.table())
 
     # -- item side -------------------------------------------------------------------------------
     def _id_part(self, item_index: tf.Tensor, training: bool = False,
@@ -206,6 +210,18 @@ class TwoTowerModel(tf.keras.Model):
             history = self.history_mean(history_index)
         vectors = self.query_mlp(tf.concat([self.user_embedding(user_index), history], axis=-1))
         return tf.math.l2_normalize(tf.cast(vectors, tf.float32), axis=-1)
+
+    # -- served vectors --------------------------------------------------------------------------
+    def served_query(self, user_index: tf.Tensor, history_index: tf.Tensor) -> tf.Tensor:
+        """[B, embedding_dim + 1]: `query_embedding` and a column of ones for the candidates' popularity prior."""
+        return PopularityPrior.query_column(self.query_embedding(user_index, history_index))
+
+    def served_candidate(self, item_index: tf.Tensor, text_embedding: tf.Tensor) -> tf.Tensor:
+        """[B, embedding_dim + 1]: `candidate_embedding` and the item's popularity prior (0 for OOV: a new item).
+
+        Their dot product with `served_query` is the served score (trainer/popularity.py)."""
+        prior = tf.gather(self.item_prior, tf.minimum(tf.cast(item_index, tf.int64), self.num_items))
+        return tf.concat([self.candidate_embedding(item_index, text_embedding), prior[:, None]], axis=1)
 
     def sequence_summary(self, history_index: tf.Tensor, training: bool = False) -> tf.Tensor:
         """[B, id_embedding_dim]: the causal self-attention output at the most recent history item."""

@@ -77,6 +77,13 @@ class ModelConfig:
     # (tuning/id_from_text__unseen_item_scale.json): R@50 0.240 at 1.0, 0.312 at 0.7, 0.314 at 0.5 and at 0.0;
     # 0.5 keeps such items reachable by a close enough text match.
     unseen_item_scale: float = 0.5
+    # Popularity prior of the served score (trainer/popularity.py): score = query . candidate +
+    # popularity_prior * (log(1 + item's training interactions) - log(1 + a new item's assumed count)), a new
+    # item being assumed as popular as the `new_item_popularity` quantile of the known items. Serving only:
+    # training is unchanged. Chosen on validation (benchmarks/results/tuning/popularity_prior*.json,
+    # new_item_popularity*.json): see the README's quality section for the figures.
+    popularity_prior: float = 0.08
+    new_item_popularity: float = 0.9
     # Probability of replacing a user's id with the OOV id in training, so new users get a useful vector.
     user_id_dropout: float = 0.1
 
@@ -170,6 +177,10 @@ class ModelConfig:
             problems.append(f"optimizer={self.optimizer!r}: must be one of {OPTIMIZERS}")
         if self.warm_start_learning_rate <= 0:
             problems.append(f"warm_start_learning_rate={self.warm_start_learning_rate}: must be positive")
+        if self.popularity_prior < 0:
+            problems.append(f"popularity_prior={self.popularity_prior}: must be at least 0 (0 = no prior)")
+        if not 0.0 <= self.new_item_popularity <= 1.0:
+            problems.append(f"new_item_popularity={self.new_item_popularity}: must be a quantile in [0, 1]")
         if not 0.0 <= self.unseen_item_scale <= 1.0:
             problems.append(f"unseen_item_scale={self.unseen_item_scale}: must be in [0, 1]")
         if self.warm_start_epochs < 1:

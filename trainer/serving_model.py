@@ -3,8 +3,11 @@
 Signatures (names and shapes in `schema/contract.py`):
   serving_default      user_id [B], history [B, H], exclude [B, E], k [B] -> item_ids [B, K], scores [B, K]
   serve_tf_examples    examples [B] (serialized tf.Example: user_id, history) -> item_ids, scores (default_k)
-  query_embedding      user_id [B], history [B, H]                        -> embedding [B, D]
-  candidate_embedding  item_id, title, categories, description [B]         -> embedding [B, D]
+  query_embedding      user_id [B], history [B, H]                        -> embedding [B, D + 1]
+  candidate_embedding  item_id, title, categories, description [B]         -> embedding [B, D + 1]
+
+The embeddings are the towers' D-dim vectors plus one column for the popularity prior (trainer/popularity.py:
+1 on the query side, the item's prior on the candidate side), so their dot product is the served score.
 
 Top-k is `trainer.retrieval_index.build_index(...)` over every catalogue item's vector (cold items included):
 exact search (a matmul and `tf.math.top_k`) below `ModelConfig.ann_min_items` items, an IVF index built here
@@ -43,7 +46,7 @@ class RecommenderModule(tf.Module):
       model: the trained `TwoTowerModel`.
       tft_output: the Transform output (its graph maps raw ids to indices at serving time).
       item_ids: the N catalogue item ids, cold items included.
-      candidate_vectors: [N, D] candidate-tower vectors of those items.
+      candidate_vectors: [N, D + 1] served candidate vectors of those items (`trainer.train.candidate_vectors`).
       text_encoder: the `ItemTextEncoder` that embeds new items' text (`candidate_embedding`).
       cfg: the model config (`max_k`, `default_k`, `max_exclude`, the `ann_*` index fields).
     """
@@ -66,7 +69,7 @@ class RecommenderModule(tf.Module):
             contract.HISTORY: tf.sparse.from_dense(tf.reshape(joined, [-1, 1])),
         }
         transformed = self.tft_layer(raw)
-        return self.model.query_embedding(transformed[contract.USER_INDEX], transformed[contract.HISTORY_INDEX])
+        return self.model.served_query(transformed[contract.USER_INDEX], transformed[contract.HISTORY_INDEX])
 
     def _top_k(self, query: tf.Tensor, exclude: tf.Tensor, k: tf.Tensor) -> dict:
         ids, scores = self.index(query, exclude, k)
@@ -96,17 +99,17 @@ class RecommenderModule(tf.Module):
 
     @tf.function(input_signature=[_STRING_VECTOR(contract.USER_ID), _STRING_MATRIX(contract.HISTORY)])
     def embed_query(self, user_id, history):
-        """`query_embedding`: {"embedding": [B, D]} of user ids [B] and histories [B, H]."""
+        """`query_embedding`: {"embedding": [B, D + 1]} of user ids [B] and histories [B, H]."""
         return {contract.OUTPUT_EMBEDDING: self._query(user_id, history)}
 
     @tf.function(input_signature=[_STRING_VECTOR(contract.ITEM_ID), _STRING_VECTOR(contract.TITLE),
                                   _STRING_VECTOR(contract.CATEGORIES), _STRING_VECTOR(contract.DESCRIPTION)])
     def embed_candidate(self, item_id, title, categories, description):
-        """`candidate_embedding`: {"embedding": [B, D]} of items [B] from their id and text; a brand-new
-        id is placed by its text alone."""
+        """`candidate_embedding`: {"embedding": [B, D + 1]} of items [B] from their id and text; a brand-new
+        id is placed by its text alone (and gets a new item's popularity prior)."""
         text_embedding = self.text_encoder(item_text(title, categories, description))
         item_index = self.tft_layer({contract.ITEM_ID: tf.reshape(item_id, [-1, 1])})[contract.ITEM_INDEX]
-        return {contract.OUTPUT_EMBEDDING: self.model.candidate_embedding(item_index, text_embedding)}
+        return {contract.OUTPUT_EMBEDDING: self.model.served_candidate(item_index, text_embedding)}
 
     def signatures(self) -> dict:
         """{signature name: tf.function}, as `tf.saved_model.save(..., signatures=...)` takes them."""

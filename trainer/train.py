@@ -190,11 +190,12 @@ def catalogue_index(item_vocab: list[str], catalogue_ids: Iterable[str]) -> np.n
 
 def candidate_vectors(model: TwoTowerModel, catalogue_index_: np.ndarray, text_vectors: np.ndarray,
                       batch_size: int = 4096, new_items: Optional[np.ndarray] = None) -> np.ndarray:
-    """Candidate-tower vectors [N, D] of every catalogue item, computed once for the serving index.
+    """Served candidate vectors [N, D + 1] of every catalogue item, computed once for the serving index:
+    the candidate tower's vector and the item's popularity prior (`TwoTowerModel.served_candidate`).
 
-    Items without an id row (no interaction in the training data) are scaled by `cfg.unseen_item_scale`,
-    except `new_items`: those arrived after training (as `make refresh-catalogue` adds them) and keep the
-    candidate tower's full-weight vector.
+    Items without an id row (no interaction in the training data) have their tower vector scaled by
+    `cfg.unseen_item_scale` and the prior of a count of 0, except `new_items`: those arrived after training
+    (as `make refresh-catalogue` adds them) and keep the full-weight vector and a new item's prior.
 
     Args:
       model: the trained model.
@@ -203,12 +204,13 @@ def candidate_vectors(model: TwoTowerModel, catalogue_index_: np.ndarray, text_v
       batch_size: items per call.
       new_items: optional [N] bool, items that were not in the catalogue when the model trained.
     """
-    chunks = [model.candidate_embedding(tf.constant(catalogue_index_[i:i + batch_size]),
-                                        tf.constant(text_vectors[i:i + batch_size])).numpy()
+    chunks = [model.served_candidate(tf.constant(catalogue_index_[i:i + batch_size]),
+                                     tf.constant(text_vectors[i:i + batch_size])).numpy()
               for i in range(0, len(catalogue_index_), batch_size)]
-    vectors = np.concatenate(chunks) if chunks else np.zeros([0, model.cfg.embedding_dim], np.float32)
+    vectors = np.concatenate(chunks) if chunks else np.zeros([0, model.cfg.embedding_dim + 1], np.float32)
     unseen = np.asarray(catalogue_index_) >= model.num_items
     if new_items is not None:
         unseen &= ~np.asarray(new_items, bool)
-    vectors[unseen] *= np.float32(model.cfg.unseen_item_scale)
+    vectors[unseen, :-1] *= np.float32(model.cfg.unseen_item_scale)
+    vectors[unseen, -1] = model.popularity.of_count(0)
     return vectors
