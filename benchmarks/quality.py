@@ -75,6 +75,8 @@ VARIANTS = {
     "TwoTower-BERT+id-from-text": {"id_from_text": "true"},
     # The default before the content-to-id map and `unseen_item_scale` (issue 16's cold-start change).
     "TwoTower-BERT-no-id-from-text": {"id_from_text": "false", "unseen_item_scale": "1.0"},
+    # The default before the popularity prior of the served score (trainer/popularity.py).
+    "TwoTower-BERT-no-popularity-prior": {"popularity_prior": "0"},
     "TwoTower-BERT+id-dropout-curriculum": {"id_dropout_start": "0.9"},
     "TwoTower-BERT+id-dropout-0.3": {"id_dropout": "0.3"},     # the previous default: cold items first
 }
@@ -666,6 +668,10 @@ def write_report(args, report: dict, results: dict, models: Sequence[str], split
 # -- tuning (validation only) ---------------------------------------------------------------------
 TUNING_DIR = "tuning"
 SELECT_BY = ("recall@50", "ndcg@10")   # validation metrics that pick a value, in order
+# A field that changes only how new items rank (all-items metrics tie, e.g. `new_item_popularity`) is picked on the
+# `--tune-cold` slices instead: the best warm R@50 among values whose cold R@100 is at least this share of the warm
+# one (issue 16's cold-start bar).
+COLD_OVER_WARM = 0.5
 
 
 def tuning_splits(interactions: pd.DataFrame, test_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -726,7 +732,8 @@ def run_tuning(args, cfg: ModelConfig, interactions: pd.DataFrame, items: pd.Dat
         chosen = choose(field, runs)
         result = {"field": field, "chosen": chosen,
                   "selected_by": f"validation {' then '.join(SELECT_BY)} (after the last epoch; for epochs: "
-                                 f"the best epoch of the curve)",
+                                 f"the best epoch of the curve; when they tie, the best warm recall@50 with cold "
+                                 f"recall@100 >= {COLD_OVER_WARM} x warm)",
                   "base_config": {k: v for k, v in cfg.to_dict().items() if not k.endswith("_handle")},
                   "protocol": {**protocol, "split": "train part of the per-user chronological split, itself "
                                                     "split chronologically into fit/validation; test unread",
@@ -746,11 +753,18 @@ def run_tuning(args, cfg: ModelConfig, interactions: pd.DataFrame, items: pd.Dat
 
 def choose(field: str, runs: list[dict]):
     """The value `runs` support: for `epochs` the best epoch of the (one, long) curve; else the best final
-    validation metrics (`SELECT_BY`), or None for a one-value grid (compare it with the base run's file)."""
+    validation metrics (`SELECT_BY`), or None for a one-value grid (compare it with the base run's file). When
+    every value gives the same all-items metrics (the field only moves new items), the best warm R@50 among the
+    values meeting `COLD_OVER_WARM` on the `--tune-cold` slices (None if none does)."""
     if field == "epochs":
         return runs[0]["best_epoch"]
     if len(runs) < 2:
         return None
+    if len({tuple(r["final"][m] for m in SELECT_BY) for r in runs}) == 1 and all("cold_validation" in r for r in runs):
+        slices = [(r["value"], r["cold_validation"]["cold"], r["cold_validation"]["warm"]) for r in runs]
+        ok = [(warm["recall@50"], value) for value, cold, warm in slices
+              if cold["recall@100"] >= COLD_OVER_WARM * warm["recall@100"]]
+        return max(ok)[1] if ok else None
     return max(runs, key=lambda r: tuple(r["final"][m] for m in SELECT_BY))["value"]
 
 

@@ -190,3 +190,21 @@ def test_tuning_never_reads_the_test_split(tiny_data, tiny_encoder, tmp_path, mo
         quality.main(["--data", tiny_data, "--format", "contract", "--out", str(tmp_path / "bench"),
                       "--cache-dir", str(tmp_path), "--quick", "--seeds", "1",
                       "--preprocess", preprocess, "--encoder", encoder])
+
+
+def test_a_field_that_only_moves_new_items_is_chosen_on_the_cold_and_warm_slices():
+    """`new_item_popularity` leaves the all-items validation metrics unchanged: `choose` then takes the best warm
+    R@50 among the values whose cold R@100 reaches `COLD_OVER_WARM` of the warm one, and None when none does."""
+    def run(value, warm_r50, cold_r100, warm_r100, all_r50=0.3):
+        return {"value": value, "final": {"recall@50": all_r50, "ndcg@10": 0.1},
+                "cold_validation": {"cold": {"recall@100": cold_r100}, "warm": {"recall@50": warm_r50,
+                                                                               "recall@100": warm_r100}}}
+
+    runs = [run(0.5, 0.33, 0.05, 0.45), run(0.9, 0.31, 0.19, 0.42), run(0.95, 0.29, 0.24, 0.40)]
+    assert quality.choose("new_item_popularity", runs) == 0.95   # 0.9 has the better warm R@50 but 0.45x cold
+    runs[1]["cold_validation"]["cold"]["recall@100"] = 0.21     # now 0.9 clears 0.5x too, with the better warm
+    assert quality.choose("new_item_popularity", runs) == 0.9
+    assert quality.choose("new_item_popularity", [run(0.5, 0.33, 0.05, 0.45), run(0.75, 0.32, 0.1, 0.44)]) is None
+    # Different all-items metrics: the usual rule (best R@50), whatever the slices say.
+    assert quality.choose("popularity_prior", [run(0.0, 0.28, 0.22, 0.39, all_r50=0.314),
+                                               run(0.08, 0.31, 0.19, 0.42, all_r50=0.322)]) == 0.08

@@ -153,11 +153,14 @@ def test_serve_tf_examples_and_embedding_signatures(served):
         values = [r[col] for r in served["items"][:3]] + [new_item[col]]   # known items and a cold one
         req.inputs[col].CopyFrom(tf.make_tensor_proto(values, tf.string))
     emb = tf.make_ndarray(served["pred"].Predict(req, timeout=30).outputs["embedding"])
-    assert emb.shape == (4, ModelConfig().embedding_dim) and np.all(np.isfinite(emb))
+    assert emb.shape == (4, ModelConfig().embedding_dim + 1) and np.all(np.isfinite(emb))
+    # The last column is the popularity prior (trainer/popularity.py): 0 for a brand-new item.
+    assert emb[3, -1] == 0.0 and np.all(emb[:3, -1] != 0.0)
 
     code, body = _rest(served, f"/v1/models/{MODEL}:predict", {"signature_name": "query_embedding", "inputs": {
         "user_id": [served["user"]], "history": [[""] + item_ids[:2]]}})
-    assert code == 200 and len(body["outputs"][0]) == ModelConfig().embedding_dim
+    assert code == 200 and len(body["outputs"][0]) == ModelConfig().embedding_dim + 1
+    assert body["outputs"][0][-1] == 1.0   # the query's weight of the candidates' popularity prior
 
 
 def _recommend_cli(args):
