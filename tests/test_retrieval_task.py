@@ -42,3 +42,26 @@ def test_each_option_changes_the_loss():
     assert abs(in_batch_softmax_loss(query, candidate,
                                      candidate_log_probability=tf.math.log(probability)).numpy() - plain) > 1.0
     assert abs(in_batch_softmax_loss(query, candidate, candidate_ids=ids).numpy() - plain) > 1.0
+
+
+def test_extra_negatives_join_every_query_s_softmax_and_a_sampled_positive_is_masked():
+    """Rows past the batch (`sampled_negatives`) are negatives of every query, logQ-corrected like the others;
+    a sampled copy of a query's own positive is an accidental hit, masked out. Checked against numpy."""
+    rng = np.random.default_rng(3)
+    query = rng.normal(size=[4, DIM]).astype(np.float32)
+    candidate = rng.normal(size=[7, DIM]).astype(np.float32)          # 4 positives + 3 sampled items
+    ids = np.array([5, 6, 7, 8, 9, 6, 10])                             # sampled item 6 is query 1's positive
+    log_probability = np.log(rng.uniform(0.01, 0.5, size=7)).astype(np.float32)
+    loss = in_batch_softmax_loss(tf.constant(query), tf.constant(candidate), temperature=0.5,
+                                 candidate_log_probability=tf.constant(log_probability),
+                                 candidate_ids=tf.constant(ids, tf.int64)).numpy()
+    logits = query @ candidate.T / 0.5 - log_probability[None, :]
+    expected = 0.0
+    for row in range(4):
+        keep = (ids != ids[row]) | (np.arange(7) == row)
+        expected += np.log(np.exp(logits[row, keep]).sum()) - logits[row, row]
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    batch_only = in_batch_softmax_loss(tf.constant(query), tf.constant(candidate[:4]), temperature=0.5,
+                                       candidate_log_probability=tf.constant(log_probability[:4]),
+                                       candidate_ids=tf.constant(ids[:4], tf.int64)).numpy()
+    assert loss > batch_only + 0.1   # the sampled rows did add negatives

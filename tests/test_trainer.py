@@ -126,8 +126,10 @@ def test_index_vectors_scale_items_without_interactions_but_not_new_ones():
 
 
 @pytest.mark.slow
-def test_training_learns_user_item_affinity():
-    """Users 0-2 only ever see items 0-3, users 3-4 items 4-7: after training each group scores its own items higher."""
+@pytest.mark.parametrize("sampled_negatives", [0, 16])
+def test_training_learns_user_item_affinity(sampled_negatives):
+    """Users 0-2 only ever see items 0-3, users 3-4 items 4-7: after training each group scores its own items higher
+    (also with uniformly sampled extra negatives, `sampled_negatives`)."""
     from trainer.train import train_model
 
     rng = np.random.default_rng(1)
@@ -136,7 +138,7 @@ def test_training_learns_user_item_affinity():
     train = {contract.USER_INDEX: users, contract.ITEM_INDEX: items,
              contract.HISTORY_INDEX: -np.ones([2000, contract.HISTORY_LENGTH], np.int64)}
     cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=64, epochs=3,
-                      id_dropout=0.0, user_id_dropout=0.0, learning_rate=0.02)
+                      id_dropout=0.0, user_id_dropout=0.0, learning_rate=0.02, sampled_negatives=sampled_negatives)
     text_table = np.zeros([9, 4], np.float32)
     model = train_model(cfg, train, num_users=5, num_items=8, text_table=text_table, verbose=0)
     q = model.query_embedding(tf.constant([0, 4]), -tf.ones([2, 1], tf.int64)).numpy()

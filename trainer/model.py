@@ -262,19 +262,34 @@ class TwoTowerModel(tf.keras.Model):
         item_index = tf.cast(tf.reshape(inputs[contract.ITEM_INDEX], [-1]), tf.int64)
         query = self.query_embedding(tf.reshape(inputs[contract.USER_INDEX], [-1]),
                                      inputs[contract.HISTORY_INDEX], training=training)
-        if self.text_encoder is not None:
-            texts = tf.gather(self.item_texts, tf.minimum(item_index, self.num_items))
-            text_embedding = self.text_encoder(texts, training=training)
-        else:
-            text_embedding = self.item_text_embedding(item_index)
+        text_embedding = self._candidate_text(item_index, training)
         candidate = self.candidate_embedding(item_index, text_embedding, training)
-        log_probability = tf.gather(self.item_log_probability, item_index) if self.cfg.logq_correction else None
+        candidate_index = item_index
+        log_probability = tf.gather(self.item_log_probability, item_index)
+        if self.cfg.sampled_negatives > 0:
+            # Mixed negatives: catalogue items drawn uniformly join the in-batch ones, so tail items are
+            # negatives too; logQ then uses the mixture's probability of drawing each candidate.
+            sampled = tf.random.uniform([self.cfg.sampled_negatives], 0, self.num_items, dtype=tf.int64)
+            candidate = tf.concat([candidate, self.candidate_embedding(
+                sampled, self._candidate_text(sampled, training), training)], axis=0)
+            candidate_index = tf.concat([item_index, sampled], axis=0)
+            batch = tf.cast(tf.shape(item_index)[0], tf.float32)
+            uniform = float(self.cfg.sampled_negatives) / max(self.num_items, 1)
+            log_probability = tf.math.log((batch * tf.exp(tf.gather(self.item_log_probability, candidate_index))
+                                           + uniform) / (batch + self.cfg.sampled_negatives))
         loss = in_batch_softmax_loss(query, candidate, temperature=self.cfg.temperature,
-                                     candidate_log_probability=log_probability,
-                                     candidate_ids=item_index if self.cfg.remove_accidental_hits else None)
+                                     candidate_log_probability=log_probability if self.cfg.logq_correction else None,
+                                     candidate_ids=candidate_index if self.cfg.remove_accidental_hits else None)
         if self.text_to_id is not None:
             loss += self.text_to_id_loss(item_index, text_embedding)
         return loss
+
+    def _candidate_text(self, item_index: tf.Tensor, training: bool) -> tf.Tensor:
+        """Text embeddings of candidate items: the trainable BERT on their texts (`train_encoder`), else the table."""
+        if self.text_encoder is not None:
+            return self.text_encoder(tf.gather(self.item_texts, tf.minimum(item_index, self.num_items)),
+                                     training=training)
+        return self.item_text_embedding(item_index)
 
     def text_to_id_loss(self, item_index: tf.Tensor, text_embedding: tf.Tensor) -> tf.Tensor:
         """Summed squared error of the content-to-id map on the batch's known items (id side held fixed)."""

@@ -25,23 +25,25 @@ def in_batch_softmax_loss(query_embeddings: tf.Tensor, candidate_embeddings: tf.
 
     Args:
       query_embeddings: [B, D] float32 query vectors.
-      candidate_embeddings: [B, D] float32: row i is the candidate query i interacted with.
+      candidate_embeddings: [C, D] float32, C >= B: row i < B is the candidate query i interacted with; rows
+        from B on are extra negatives of every query (e.g. sampled items, `ModelConfig.sampled_negatives`).
       temperature: scores are divided by it (`None`: not scaled).
-      candidate_log_probability: [B] log of each candidate's sampling probability; subtracted from
+      candidate_log_probability: [C] log of each candidate's sampling probability; subtracted from
         its scores (logQ correction: popular items are not penalised for being frequent negatives).
-      candidate_ids: [B] candidate ids; other rows holding the positive's own id are masked out
+      candidate_ids: [C] candidate ids; rows holding a query's positive id other than its own are masked out
         (accidental hits), so an item is never its own negative.
 
     Returns:
       A float32 scalar, the summed loss (`tfrs.tasks.Retrieval`'s default reduction).
     """
-    scores = tf.matmul(query_embeddings, candidate_embeddings, transpose_b=True)      # [B, B]
+    scores = tf.matmul(query_embeddings, candidate_embeddings, transpose_b=True)      # [B, C]
     if temperature is not None:
         scores /= temperature
     if candidate_log_probability is not None:
         scores -= candidate_log_probability[None, :]
     labels = tf.eye(tf.shape(scores)[0], tf.shape(scores)[1])
     if candidate_ids is not None:
-        same_item = tf.cast(tf.equal(candidate_ids[:, None], candidate_ids[None, :]), tf.float32)
+        positive_ids = candidate_ids[:tf.shape(scores)[0]]
+        same_item = tf.cast(tf.equal(positive_ids[:, None], candidate_ids[None, :]), tf.float32)
         scores += (same_item - labels) * scores.dtype.min
     return tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=scores))
