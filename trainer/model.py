@@ -267,7 +267,7 @@ class TwoTowerModel(tf.keras.Model):
         candidate_index = item_index
         log_probability = tf.gather(self.item_log_probability, item_index)
         if self.cfg.sampled_negatives > 0:
-            # Mixed negatives: catalogue items drawn uniformly join the in-batch ones, so tail items are
+            # Mixed negatives: vocabulary items drawn uniformly join the in-batch ones, so tail items are
             # negatives too; logQ then uses the mixture's probability of drawing each candidate.
             sampled = tf.random.uniform([self.cfg.sampled_negatives], 0, self.num_items, dtype=tf.int64)
             candidate = tf.concat([candidate, self.candidate_embedding(

@@ -49,7 +49,7 @@ class ModelConfig:
     # NDCG@10 by 0.004 (one seed, within noise); 0.05 trailed on both. Kept 0.1.
     temperature: float = 0.1
     remove_accidental_hits: bool = True
-    # > 0: this many catalogue items drawn uniformly per batch join the in-batch negatives (mixed negative
+    # > 0: this many trained items drawn uniformly per batch join the in-batch negatives (mixed negative
     # sampling), so rarely chosen items are negatives too; logQ uses the mixture's sampling probability.
     # Validation, seeds 42-44 (tuning/mixed_negatives*__sampled_negatives.json): 1024 gave R@50 0.3248 vs 0.3222,
     # NDCG@10 0.1738 vs 0.1734 (within seed spread) for 1.2x the training time; 4096 trailed (0.3215): off.

@@ -13,9 +13,11 @@ its text would. A catalogue item with no interaction in a whole training window 
 It is one extra dimension, so the index stays a plain dot-product search (exact or IVF) and the
 `query_embedding` / `candidate_embedding` signatures keep reproducing the served score:
 
-    prior = PopularityPrior.fit(item_counts, cfg)
-    query = prior.query_column(tower_query)                 # [B, D] -> [B, D + 1], last column 1
-    candidate = tf.concat([tower_candidate, prior.of_index(item_index)[:, None]], axis=1)
+    prior = PopularityPrior.fit(item_counts, cfg)             # counts per item-vocabulary index
+    query = PopularityPrior.query_column(tower_query)          # [B, D] -> [B, D + 1], last column 1
+    candidate = tf.concat([tower_candidate, tf.gather(prior.table(), item_index)[:, None]], axis=1)
+
+(`TwoTowerModel.served_query` / `served_candidate` do exactly this.)
 """
 from __future__ import annotations
 
