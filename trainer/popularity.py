@@ -33,11 +33,11 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class PopularityPrior:
-    """The prior's weight and each vocabulary item's log count (see the module docstring)."""
+    """The prior's weight, the count a new item is assumed to have and each vocabulary item's count."""
 
     weight: float
     new_item_count: float
-    log_counts: np.ndarray     # [num_items] log(1 + interactions) per item-vocabulary index
+    item_counts: np.ndarray    # [num_items] training interactions per item-vocabulary index
 
     @classmethod
     def fit(cls, item_counts: np.ndarray, cfg: "ModelConfig") -> "PopularityPrior":
@@ -46,16 +46,16 @@ class PopularityPrior:
         counts = np.asarray(item_counts, np.float64)
         known = counts[counts > 0]
         new_item_count = float(np.quantile(known, cfg.new_item_popularity)) if known.size else 0.0
-        return cls(float(cfg.popularity_prior), new_item_count, np.log1p(counts))
+        return cls(float(cfg.popularity_prior), new_item_count, counts)
 
-    def of_count(self, count: float) -> float:
-        """The prior of an item with `count` training interactions (0: in the catalogue, never chosen)."""
-        return self.weight * (float(np.log1p(count)) - float(np.log1p(self.new_item_count)))
+    def of_count(self, count):
+        """The prior of items with `count` training interactions (a number or an array; 0: in the catalogue,
+        never chosen)."""
+        return self.weight * (np.log1p(count) - np.log1p(self.new_item_count))
 
     def table(self) -> np.ndarray:
         """float32 [num_items + 1]: each vocabulary item's prior, then 0 for the OOV index (a new item)."""
-        known = self.weight * (self.log_counts - np.log1p(self.new_item_count))
-        return np.append(known, 0.0).astype(np.float32)
+        return np.append(self.of_count(self.item_counts), 0.0).astype(np.float32)
 
     @staticmethod
     def query_column(query: tf.Tensor) -> tf.Tensor:
