@@ -207,6 +207,41 @@ def test_model_loss_is_tfrs_retrieval_on_its_own_embeddings():
     np.testing.assert_allclose(model.compute_loss(inputs).numpy(), expected.numpy(), rtol=1e-5)
 
 
+def test_a_new_item_s_popularity_prior_is_read_from_its_text():
+    """`new_item_text_popularity`: a new item's assumed log(1 + n) moves from the quantile by that weight times a
+    ridge regression of the known items' log(1 + n) on their text, so a title like the popular items' starts
+    higher; known items keep their counts, and the served candidate carries the same prior."""
+    from trainer.popularity import popularity_from_text
+    from trainer.train import candidate_vectors, catalogue_index
+
+    rng = np.random.default_rng(0)
+    # Text dimension 0 carries popularity: items 0-19 are popular (n = 50), 20-39 rare (n = 1).
+    text = rng.normal(scale=0.1, size=[41, 6]).astype(np.float32)
+    text[:20, 0] += 1.0
+    text[40] = 0.0                              # the OOV row
+    counts = np.array([50] * 20 + [1] * 20)
+    mean, coef = popularity_from_text(text[:40], counts, chunk_rows=7)   # chunked sums = one pass
+    fitted = np.log1p(counts).mean() + (text[:40] - mean) @ coef
+    assert np.corrcoef(fitted, np.log1p(counts))[0, 1] > 0.9
+    np.testing.assert_allclose(mean, text[:40].mean(axis=0), atol=1e-6)
+
+    cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), popularity_prior=0.5,
+                      new_item_popularity=0.5, new_item_text_popularity=2.0, text_pca_dim=0)
+    model = TwoTowerModel(cfg, 5, 40, text, item_counts=counts)
+    vocab = [str(i) for i in range(40)]
+    new_text = np.array([[1.0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0], text[3]], np.float32)
+    vectors = candidate_vectors(model, catalogue_index(vocab, ["popular-like", "rare-like", "3"]), new_text,
+                                new_items=np.array([True, True, False]))
+    expected_new = 0.5 * 2.0 * (new_text[:2] - mean) @ coef
+    np.testing.assert_allclose(vectors[:2, -1], expected_new, atol=1e-5)
+    assert vectors[0, -1] > 0 > vectors[1, -1]                  # popular-looking text above, rare-looking below
+    np.testing.assert_allclose(vectors[2, -1], 0.5 * (np.log1p(50) - np.log1p(np.median(counts))), atol=1e-6)
+    # 0 (the default) reads no text: every new item gets the quantile's prior, 0.
+    flat = TwoTowerModel(dataclasses.replace(cfg, new_item_text_popularity=0.0), 5, 40, text, item_counts=counts)
+    assert np.all(candidate_vectors(flat, catalogue_index(vocab, ["a", "b"]), new_text[:2],
+                                    new_items=np.array([True, True]))[:, -1] == 0.0)
+
+
 def test_served_scores_add_a_popularity_prior_that_ranks_new_items_as_popular_ones():
     """`popularity_prior`: the served score is the towers' dot product plus prior * (log(1 + n) - log(1 + n_new)),
     n the item's training interactions, n_new the `new_item_popularity` quantile of them; a new item gets 0, a
@@ -233,6 +268,7 @@ def test_served_scores_add_a_popularity_prior_that_ranks_new_items_as_popular_on
                         item_counts=np.array([1, 3, 99]))
     assert np.all(candidate_vectors(off, catalogue_index(vocab, catalogue), text)[:, -1] == 0.0)
     for bad, message in ((dict(popularity_prior=-0.1), "popularity_prior=-0.1: must be at least 0"),
-                         (dict(new_item_popularity=1.5), "new_item_popularity=1.5: must be a quantile in")):
+                         (dict(new_item_popularity=1.5), "new_item_popularity=1.5: must be a quantile in"),
+                         (dict(new_item_text_popularity=-1.0), "new_item_text_popularity=-1.0: must be at least 0")):
         with pytest.raises(ValueError, match=message):
             ModelConfig(**bad)

@@ -112,8 +112,9 @@ class TwoTowerModel(tf.keras.Model):
         probabilities = np.asarray(item_counts, np.float64) / max(float(np.sum(item_counts)), 1.0)
         probabilities = np.append(probabilities, probabilities.min(initial=1.0) if len(probabilities) else 1.0)
         self.item_log_probability = tf.constant(np.log(np.maximum(probabilities, 1e-12)), tf.float32)
-        # Serving only: the popularity prior added back to the scores (trainer/popularity.py).
-        self.popularity = PopularityPrior.fit(item_counts, cfg)
+        # Serving only: the popularity prior added back to the scores (trainer/popularity.py); a new item's is
+        # read from its text (reduced like the table's rows).
+        self.popularity = PopularityPrior.fit(item_counts, cfg, text_table[:num_items])
         self.item_prior = tf.constant(self.popularity.table())
 
     # -- item side -------------------------------------------------------------------------------
@@ -141,9 +142,13 @@ class TwoTowerModel(tf.keras.Model):
         """The text input of the `id_from_text` map (PCA-reduced text), or None without the map."""
         if self.text_to_id is None:
             return None
+        return tf.cast(self.reduced_text(text_embedding), tf.float32)
+
+    def reduced_text(self, text_embedding: tf.Tensor) -> tf.Tensor:
+        """[B, text dim] text rows in the table's space: projected on `text_basis` unless they already are."""
         if self.text_basis is not None and text_embedding.shape[-1] != self.text_basis.shape[1]:
-            text_embedding = tf.matmul(tf.cast(text_embedding, tf.float32), self.text_basis)
-        return tf.cast(text_embedding, tf.float32)
+            return tf.matmul(tf.cast(text_embedding, tf.float32), self.text_basis)
+        return text_embedding
 
     def candidate_embedding(self, item_index: tf.Tensor, text_embedding: tf.Tensor,
                             training: bool = False) -> tf.Tensor:
@@ -158,8 +163,7 @@ class TwoTowerModel(tf.keras.Model):
           Unit vectors [B, embedding_dim], float32.
         """
         item_index = tf.cast(item_index, tf.int64)
-        if self.text_basis is not None and text_embedding.shape[-1] != self.text_basis.shape[1]:
-            text_embedding = tf.matmul(tf.cast(text_embedding, tf.float32), self.text_basis)
+        text_embedding = self.reduced_text(text_embedding)
         projected = tf.cast(self.text_projection(text_embedding), tf.float32)
         id_part = self._id_part(item_index, training, self.text_for_id(text_embedding))
         vectors = self.candidate_mlp(tf.concat([id_part, projected], axis=-1))
@@ -217,10 +221,14 @@ class TwoTowerModel(tf.keras.Model):
         return PopularityPrior.query_column(self.query_embedding(user_index, history_index))
 
     def served_candidate(self, item_index: tf.Tensor, text_embedding: tf.Tensor) -> tf.Tensor:
-        """[B, embedding_dim + 1]: `candidate_embedding` and the item's popularity prior (0 for OOV: a new item).
+        """[B, embedding_dim + 1]: `candidate_embedding` and the item's popularity prior (for OOV, a new item:
+        the one its text predicts, `PopularityPrior.new_item_prior`).
 
         Their dot product with `served_query` is the served score (trainer/popularity.py)."""
-        prior = tf.gather(self.item_prior, tf.minimum(tf.cast(item_index, tf.int64), self.num_items))
+        item_index = tf.minimum(tf.cast(item_index, tf.int64), self.num_items)
+        prior = tf.where(item_index == self.num_items,
+                         self.popularity.new_item_prior(self.reduced_text(text_embedding)),
+                         tf.gather(self.item_prior, item_index))
         return tf.concat([self.candidate_embedding(item_index, text_embedding), prior[:, None]], axis=1)
 
     def sequence_summary(self, history_index: tf.Tensor, training: bool = False) -> tf.Tensor:

@@ -94,6 +94,9 @@ class ModelConfig:
     # them): warm R@50 0.3089 (tuning/id_only__popularity_prior.json).
     popularity_prior: float = 0.08
     new_item_popularity: float = 0.95
+    # How far a new item's text moves its assumed count from that quantile (trainer/popularity.py: log(1 + n_new)
+    # += this x (text-predicted log(1 + n) - its mean over the known items)); 0 = every new item at the quantile.
+    new_item_text_popularity: float = 0.0
     # Probability of replacing a user's id with the OOV id in training, so new users get a useful vector.
     user_id_dropout: float = 0.1
 
@@ -193,6 +196,9 @@ class ModelConfig:
             problems.append(f"popularity_prior={self.popularity_prior}: must be at least 0 (0 = no prior)")
         if not 0.0 <= self.new_item_popularity <= 1.0:
             problems.append(f"new_item_popularity={self.new_item_popularity}: must be a quantile in [0, 1]")
+        if self.new_item_text_popularity < 0:
+            problems.append(f"new_item_text_popularity={self.new_item_text_popularity}: must be at least 0 "
+                            f"(0 = new items at the new_item_popularity quantile)")
         if not 0.0 <= self.unseen_item_scale <= 1.0:
             problems.append(f"unseen_item_scale={self.unseen_item_scale}: must be in [0, 1]")
         if self.sampled_negatives < 0:
