@@ -148,14 +148,20 @@ def test_serve_tf_examples_and_embedding_signatures(served):
     req = predict_pb2.PredictRequest()
     req.model_spec.name = MODEL
     req.model_spec.signature_name = "candidate_embedding"
-    new_item = {"item_id": "an-item-never-seen", "title": "A New Title", "categories": "", "description": ""}
+    known = served["items"][:3]
+    new_items = [  # brand-new ids: one with a new title, one with a known item's text, one with the new title again
+        {"item_id": "an-item-never-seen", "title": "A New Title", "categories": "", "description": ""},
+        {**known[0], "item_id": "a-copy-never-seen"},
+        {"item_id": "another-never-seen", "title": "A New Title", "categories": "", "description": ""}]
     for col in ("item_id", "title", "categories", "description"):
-        values = [r[col] for r in served["items"][:3]] + [new_item[col]]   # known items and a cold one
-        req.inputs[col].CopyFrom(tf.make_tensor_proto(values, tf.string))
+        req.inputs[col].CopyFrom(tf.make_tensor_proto([r[col] for r in known + new_items], tf.string))
     emb = tf.make_ndarray(served["pred"].Predict(req, timeout=30).outputs["embedding"])
-    assert emb.shape == (4, ModelConfig().embedding_dim + 1) and np.all(np.isfinite(emb))
-    # The last column is the popularity prior (trainer/popularity.py): 0 for a brand-new item.
-    assert emb[3, -1] == 0.0 and np.all(emb[:3, -1] != 0.0)
+    assert emb.shape == (6, ModelConfig().embedding_dim + 1) and np.all(np.isfinite(emb))
+    # The last column is the popularity prior (trainer/popularity.py): a known item's from its interactions, a
+    # brand-new item's from its text alone (`new_item_text_popularity`): same text, same prior, whatever the id;
+    # another text, another prior; a known item's text on a new id gets the text's prior, not the item's count's.
+    assert np.all(emb[:3, -1] != 0.0)
+    assert emb[5, -1] == emb[3, -1] and emb[4, -1] != emb[3, -1] and emb[4, -1] != emb[0, -1]
 
     code, body = _rest(served, f"/v1/models/{MODEL}:predict", {"signature_name": "query_embedding", "inputs": {
         "user_id": [served["user"]], "history": [[""] + item_ids[:2]]}})

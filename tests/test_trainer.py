@@ -249,7 +249,7 @@ def test_served_scores_add_a_popularity_prior_that_ranks_new_items_as_popular_on
     from trainer.train import candidate_vectors, catalogue_index
 
     cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=4, popularity_prior=0.5,
-                      new_item_popularity=0.5)
+                      new_item_popularity=0.5, new_item_text_popularity=0.0)   # text: the test below
     model = TwoTowerModel(cfg, 5, 3, np.eye(4, 6, dtype=np.float32), item_counts=np.array([1, 3, 99]))
     vocab, catalogue = ["a", "b", "c"], ["a", "idle", "b", "new", "c"]
     text = np.random.default_rng(1).normal(size=[5, 6]).astype(np.float32)
