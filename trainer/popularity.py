@@ -14,7 +14,7 @@ item with no interaction in a whole training window counts 0. A new item's count
 `n_q` is the `new_item_popularity` quantile of the known items' counts; `popularity_from_text` a ridge
 regression of log(1 + n) on the known items' (PCA-reduced) text, `mean` its mean over them. A title that reads
 like the popular items starts higher than one that reads like the rarely chosen ones; 0 gives every new item
-`n_q`. (On ml-latest-small the text explains about a fifth of the variance of log(1 + n) across items.)
+`n_q`. (On ml-latest-small the text explains under a fifth of the variance of log(1 + n) across items.)
 
 It is one extra dimension, so the index stays a plain dot-product search (exact or IVF) and the
 `query_embedding` / `candidate_embedding` signatures keep reproducing the served score:
