@@ -498,7 +498,8 @@ def model_config(args) -> ModelConfig:
 def id_only(cfg: ModelConfig) -> ModelConfig:
     """`cfg` for zero text vectors: no content-to-id map (it would map every item's zero text to one stand-in),
     and new items, which it cannot tell apart, get the popularity prior of the least popular known item
-    instead of a popular one's (`new_item_popularity` 0; the prior of known items is kept)."""
+    instead of a popular one's (`new_item_popularity` 0, no text read: `new_item_text_popularity` 0; the prior of
+    known items is kept)."""
     return dataclasses.replace(cfg, id_from_text=False, new_item_popularity=0.0, new_item_text_popularity=0.0)
 
 

@@ -224,6 +224,8 @@ def test_a_new_item_s_popularity_prior_is_read_from_its_text():
     fitted = np.log1p(counts).mean() + (text[:40] - mean) @ coef
     assert np.corrcoef(fitted, np.log1p(counts))[0, 1] > 0.9
     np.testing.assert_allclose(mean, text[:40].mean(axis=0), atol=1e-6)
+    with pytest.raises(ValueError, match="needs at least 2 items with interactions, got 1"):
+        popularity_from_text(text[:3], np.array([5, 0, 0]))
 
     cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), popularity_prior=0.5,
                       new_item_popularity=0.5, new_item_text_popularity=2.0, text_pca_dim=0)

@@ -90,8 +90,9 @@ class ModelConfig:
     # known items over new ones, so `new_item_popularity` sets where a new item starts (tuning/prior*__
     # new_item_popularity.json, picked as the best warm R@50 with cold R@100 >= 0.5x warm): 0.9 left new items at
     # 0.45-0.52x the warm recall, 0.95 (the choice while every new item got the quantile) at 0.60-0.68x (0.57-0.68x
-    # without the prior) with warm R@50 0.2835 vs 0.2762 without the prior. The ID-only baseline keeps the prior with new items at quantile 0 (it cannot place
-    # them): warm R@50 0.3089 (tuning/id_only__popularity_prior.json; 0.3087 over seeds 42-44, id_only_s4*).
+    # without the prior) with warm R@50 0.2835 vs 0.2762 without the prior. The ID-only baseline keeps the prior
+    # with new items at quantile 0 (it cannot place them): warm R@50 0.3089 (tuning/id_only__popularity_prior.json;
+    # 0.3087 over seeds 42-44, id_only_s4*).
     popularity_prior: float = 0.08
     # How far a new item's text moves its assumed count from the `new_item_popularity` quantile
     # (trainer/popularity.py: log(1 + n_new) += this x (text-predicted log(1 + n) - its mean over the known items));

@@ -72,7 +72,8 @@ class PopularityPrior:
         return self.weight * (np.log1p(count) - np.log1p(self.new_item_count))
 
     def table(self) -> np.ndarray:
-        """float32 [num_items + 1]: each vocabulary item's prior, then 0 for the OOV index (a new item)."""
+        """float32 [num_items + 1]: each vocabulary item's prior, then 0 for the OOV index (a new item's own prior
+        comes from its text: `new_item_prior`)."""
         return np.append(self.of_count(self.item_counts), 0.0).astype(np.float32)
 
     def new_item_prior(self, text: tf.Tensor) -> tf.Tensor:
@@ -114,6 +115,8 @@ def popularity_from_text(item_text: np.ndarray, item_counts: np.ndarray,
         target += y.sum()
         target_sq += y @ y
         n += len(y)
+    if n < 2:
+        raise ValueError(f"popularity_from_text needs at least 2 items with interactions, got {n}")
     mean, y_mean = total / n, target / n
     gram -= n * np.outer(mean, mean)                       # centred: the intercept is not penalised
     moment -= n * mean * y_mean
