@@ -82,6 +82,11 @@ VARIANTS = {
     "TwoTower-BERT+id-dropout-curriculum": {"id_dropout_start": "0.9"},
     "TwoTower-BERT+id-dropout-0.3": {"id_dropout": "0.3"},     # the previous default: cold items first
 }
+# Benchmark-only variants: the default model served as the average of this many models' scores, each trained with
+# its own seed (what serving the concatenated vectors [q1/n, ..., qn/n, 1] . [c1, ..., cn, prior] would give).
+# Not a ModelConfig option: the pipeline serves one model; this measures what n times the training would buy.
+ENSEMBLES = {"TwoTower-BERT-2-seed-ensemble": 2}
+ENSEMBLE_SEED_STRIDE = 1000   # member i trains with seed + i * this: never another run's seed
 LAMBDAS = (100.0, 200.0, 400.0, 800.0)
 QUICK_LAMBDAS = (10.0, 100.0)
 
@@ -516,10 +521,28 @@ def learned_models(cfg: ModelConfig, text_vectors: np.ndarray,
     if not with_id_only:
         del models["TwoTower-ID"]
     for name in variants:
+        if name in ENSEMBLES:
+            models[name] = (cfg, text_vectors)
+            continue
         variant = overrides.with_overrides(cfg, VARIANTS[name], source=f"variant {name}")
         if variant != cfg:
             models[name] = (variant, text_vectors)
     return models
+
+
+def ensemble_scores(name: str, cfg: ModelConfig, data: IndexData, catalogue_ids: list[str],
+                    text_vectors: np.ndarray, verbose: int = 2, new_items: Optional[set] = None):
+    """`two_tower_scores` of `cfg`, or for an `ENSEMBLES` name the mean of its members' scores (member i trained
+    with seed `cfg.seed + i * ENSEMBLE_SEED_STRIDE`); returns (scores, total train seconds)."""
+    members = ENSEMBLES.get(name, 1)
+    total, seconds = None, 0.0
+    for i in range(members):
+        scores, _, member_seconds = two_tower_scores(
+            dataclasses.replace(cfg, seed=cfg.seed + i * ENSEMBLE_SEED_STRIDE), data, catalogue_ids, text_vectors,
+            verbose=verbose, new_items=new_items)
+        total = scores if total is None else total + scores
+        seconds += member_seconds
+    return total / members, seconds
 
 
 def run_benchmark(args) -> dict:
@@ -598,9 +621,8 @@ def run_benchmark(args) -> dict:
             for seed in (seeds if name in MODELS else seeds[:args.variant_seeds or len(seeds)]):
                 log(f"[{scenario}] training {name} seed {seed}: {len(data.train[contract.ITEM_INDEX])} examples, "
                     f"{model_cfg.epochs} epochs of batch {model_cfg.batch_size}")
-                model_scores, _, seconds = two_tower_scores(dataclasses.replace(model_cfg, seed=seed), data,
-                                                            catalogue_ids, vectors, verbose=verbose,
-                                                            new_items=new_items)
+                model_scores, seconds = ensemble_scores(name, dataclasses.replace(model_cfg, seed=seed), data,
+                                                        catalogue_ids, vectors, verbose=verbose, new_items=new_items)
                 timings.setdefault(f"{scenario}/{name}", []).append(round(seconds, 1))
                 for slice_name in slices:
                     runs[slice_name][name].append(evaluate(model_scores, queries, slice_name))
@@ -828,8 +850,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--cache-dir", default=None, help="where text embeddings are cached (default: --out)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: 2 epochs, small batches, 2 lambdas")
     parser.add_argument("--seeds", type=int, default=5, help="training seeds per learned model (cfg.seed + i)")
-    parser.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), default=list(VARIANTS),
-                        help="extra learned models (default: all of VARIANTS; none: `--variants`)")
+    parser.add_argument("--variants", nargs="*", choices=sorted(VARIANTS) + sorted(ENSEMBLES),
+                        default=list(VARIANTS) + list(ENSEMBLES),
+                        help="extra learned models (default: all of VARIANTS and ENSEMBLES; none: `--variants`)")
     parser.add_argument("--variant-seeds", type=int, default=None, help="seeds per variant (default: --seeds)")
     parser.add_argument("--skip-id-only", action="store_true", help="do not train the ID-only two-tower")
     parser.add_argument("--report-name", default="quality", help="file name of the .md/.json/_recall.png report")

@@ -11,6 +11,7 @@ from benchmarks import quality
 from benchmarks.baselines import EASE, MostPopular, interaction_matrix
 from data import prepare
 from schema import contract
+from trainer.model_config import ModelConfig
 from trainer.metrics import retrieval_metrics, top_k_excluding
 
 
@@ -76,6 +77,27 @@ def test_leak_free_tags_keep_only_what_their_author_wrote_before_validation_and_
     assert dict(zip(out[contract.ITEM_ID], out[contract.DESCRIPTION])) == {
         "m10": "early", "m11": "at the cut", "m12": ""}
     assert list(items[contract.DESCRIPTION]) == ["", "", ""]      # the input is not changed
+
+
+def test_an_ensemble_variant_scores_the_mean_of_its_members_trained_with_their_own_seeds(monkeypatch):
+    """`ENSEMBLES`: the benchmark-only "n models averaged" variant trains n members, seeds cfg.seed + i * stride,
+    and scores the mean of their scores; any other model is trained once."""
+    trained = []
+
+    def fake_two_tower_scores(cfg, data, catalogue_ids, text_vectors, verbose=2, new_items=None):
+        trained.append(cfg.seed)
+        return np.full([2, 3], float(cfg.seed)), None, 1.5
+
+    monkeypatch.setattr(quality, "two_tower_scores", fake_two_tower_scores)
+    name = "TwoTower-BERT-2-seed-ensemble"
+    scores, seconds = quality.ensemble_scores(name, ModelConfig(seed=7), None, [], np.zeros([3, 4]))
+    stride = quality.ENSEMBLE_SEED_STRIDE
+    assert trained == [7, 7 + stride] and seconds == 3.0
+    np.testing.assert_allclose(scores, np.full([2, 3], (7 + 7 + stride) / 2))
+    trained.clear()
+    scores, seconds = quality.ensemble_scores(quality.DEFAULT_MODEL, ModelConfig(seed=7), None, [], np.zeros([3, 4]))
+    assert trained == [7] and seconds == 1.5 and np.all(scores == 7.0)
+    assert name in quality.learned_models(ModelConfig(), np.zeros([3, 4]), [name])
 
 
 @pytest.mark.slow
