@@ -530,10 +530,11 @@ def learned_models(cfg: ModelConfig, text_vectors: np.ndarray,
     return models
 
 
-def ensemble_scores(name: str, cfg: ModelConfig, data: IndexData, catalogue_ids: list[str],
+def learned_scores(name: str, cfg: ModelConfig, data: IndexData, catalogue_ids: list[str],
                     text_vectors: np.ndarray, verbose: int = 2, new_items: Optional[set] = None):
-    """`two_tower_scores` of `cfg`, or for an `ENSEMBLES` name the mean of its members' scores (member i trained
-    with seed `cfg.seed + i * ENSEMBLE_SEED_STRIDE`); returns (scores, total train seconds)."""
+    """Scores of the learned model `name` (the benchmark's one training call): `two_tower_scores` of `cfg`, or for
+    an `ENSEMBLES` name the mean of its members' scores (member i trained with seed
+    `cfg.seed + i * ENSEMBLE_SEED_STRIDE`); returns (scores, total train seconds)."""
     members = ENSEMBLES.get(name, 1)
     total, seconds = None, 0.0
     for i in range(members):
@@ -621,7 +622,7 @@ def run_benchmark(args) -> dict:
             for seed in (seeds if name in MODELS else seeds[:args.variant_seeds or len(seeds)]):
                 log(f"[{scenario}] training {name} seed {seed}: {len(data.train[contract.ITEM_INDEX])} examples, "
                     f"{model_cfg.epochs} epochs of batch {model_cfg.batch_size}")
-                model_scores, seconds = ensemble_scores(name, dataclasses.replace(model_cfg, seed=seed), data,
+                model_scores, seconds = learned_scores(name, dataclasses.replace(model_cfg, seed=seed), data,
                                                         catalogue_ids, vectors, verbose=verbose, new_items=new_items)
                 timings.setdefault(f"{scenario}/{name}", []).append(round(seconds, 1))
                 for slice_name in slices:

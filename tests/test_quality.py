@@ -90,12 +90,12 @@ def test_an_ensemble_variant_scores_the_mean_of_its_members_trained_with_their_o
 
     monkeypatch.setattr(quality, "two_tower_scores", fake_two_tower_scores)
     name = "TwoTower-BERT-2-seed-ensemble"
-    scores, seconds = quality.ensemble_scores(name, ModelConfig(seed=7), None, [], np.zeros([3, 4]))
+    scores, seconds = quality.learned_scores(name, ModelConfig(seed=7), None, [], np.zeros([3, 4]))
     stride = quality.ENSEMBLE_SEED_STRIDE
     assert trained == [7, 7 + stride] and seconds == 3.0
     np.testing.assert_allclose(scores, np.full([2, 3], (7 + 7 + stride) / 2))
     trained.clear()
-    scores, seconds = quality.ensemble_scores(quality.DEFAULT_MODEL, ModelConfig(seed=7), None, [], np.zeros([3, 4]))
+    scores, seconds = quality.learned_scores(quality.DEFAULT_MODEL, ModelConfig(seed=7), None, [], np.zeros([3, 4]))
     assert trained == [7] and seconds == 1.5 and np.all(scores == 7.0)
     assert name in quality.learned_models(ModelConfig(), np.zeros([3, 4]), [name])
 
