@@ -743,8 +743,8 @@ def run_tuning(args, cfg: ModelConfig, interactions: pd.DataFrame, items: pd.Dat
                 run_cfg = id_only(run_cfg)
             log(f"[tune] {field}={value}")
             start = time.time()
-            curve = tune_curve(run_cfg, data, catalogue_ids, vectors, queries, verbose)
-            run = {"value": getattr(run_cfg, field), "curve": curve, "final": curve[-1],
+            curve, final = tune_curve(run_cfg, data, catalogue_ids, vectors, queries, verbose)
+            run = {"value": getattr(run_cfg, field), "curve": curve, "final": final,
                    "best_epoch": max(curve, key=lambda c: tuple(c[m] for m in SELECT_BY))["epoch"],
                    "train_seconds": round(time.time() - start, 1)}
             if cold_setup is not None:
@@ -757,9 +757,9 @@ def run_tuning(args, cfg: ModelConfig, interactions: pd.DataFrame, items: pd.Dat
             done[run_cfg] = run
         chosen = choose(field, runs)
         result = {"field": field, "chosen": chosen,
-                  "selected_by": f"validation {' then '.join(SELECT_BY)} (after the last epoch; for epochs: "
-                                 f"the best epoch of the curve; when they tie, the best warm recall@50 with cold "
-                                 f"recall@100 >= {COLD_OVER_WARM} x warm)",
+                  "selected_by": f"validation {' then '.join(SELECT_BY)} (of the trained model, after the last "
+                                 f"epoch; for epochs: the best epoch of the curve; when they tie, the best warm "
+                                 f"recall@50 with cold recall@100 >= {COLD_OVER_WARM} x warm)",
                   "base_config": {k: v for k, v in cfg.to_dict().items() if not k.endswith("_handle")},
                   "protocol": {**protocol, "split": "train part of the per-user chronological split, itself "
                                                     "split chronologically into fit/validation; test unread",
@@ -795,8 +795,9 @@ def choose(field: str, runs: list[dict]):
 
 
 def tune_curve(cfg: ModelConfig, data: IndexData, catalogue_ids, text_vectors, queries: Queries,
-               verbose: int) -> list[dict]:
-    """Validation Recall/NDCG after every epoch (the model is trained on the fit part of train)."""
+               verbose: int) -> tuple[list[dict], dict]:
+    """Validation Recall/NDCG after every epoch, and of the trained model (its served weights: with
+    `average_last_epochs` > 1 not the last epoch's); the model is trained on the fit part of train."""
     import tensorflow as tf
 
     curve: list[dict] = []
@@ -810,8 +811,9 @@ def tune_curve(cfg: ModelConfig, data: IndexData, catalogue_ids, text_vectors, q
             log(f"epoch {epoch + 1}: val R@10 {r['recall@10']:.4f} R@50 {r['recall@50']:.4f} "
                 f"R@100 {r['recall@100']:.4f} NDCG@10 {r['ndcg@10']:.4f}")
 
-    two_tower_scores(cfg, data, catalogue_ids, text_vectors, callbacks=[PerEpoch()], verbose=verbose)
-    return curve
+    scores, _, _ = two_tower_scores(cfg, data, catalogue_ids, text_vectors, callbacks=[PerEpoch()], verbose=verbose)
+    final = {k: round(v, 4) for k, v in evaluate(scores, queries, "all").items() if k not in ("curve", "per_user")}
+    return curve, {"epoch": len(curve), **final}
 
 
 def write_tuning_summary(out_dir: str) -> None:
@@ -831,9 +833,10 @@ def write_tuning_summary(out_dir: str) -> None:
     text = ("# Tuning evidence (validation only)\n\n"
             "Written by `python -m benchmarks.quality --data <MovieLens dir> --tune --grid FIELD VALUE...`: each model "
             "is trained on the `fit` part of the train split and scored on its chronologically later "
-            "`validation` part; the test split is never read. Metrics after the last epoch; `best epoch` is the "
-            "epoch with the best validation R@50 (then NDCG@10). Cold/warm columns: `--tune-cold` (10% of the "
-            "train items held out of `fit`). `chosen` n/a: a one-value grid, compared with the base config's run "
+            "`validation` part; the test split is never read. Metrics of the trained model (after the last epoch; "
+            "with `average_last_epochs` > 1 its averaged weights); `best epoch` is the epoch with the best "
+            "validation R@50 (then NDCG@10). Cold/warm columns: `--tune-cold` (10% of the train items held out of "
+            "`fit`). `chosen` n/a: a one-value grid, compared with the base config's run "
             "(same `base_config`) in another file. `chosen` is this rule's pick per file (one field varied around "
             "`base_config`); the comments in `trainer/model_config.py` say which default was kept and why where "
             "a run with the other defaults disagreed.\n\n"

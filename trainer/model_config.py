@@ -128,6 +128,9 @@ class ModelConfig:
     # tuning/epochs.json (12-epoch validation curve): best R@50 at epoch 5, 6 within 0.006; with id_dropout
     # 0 epoch 6 has the better NDCG@10 (tuning/id_dropout.json curve). Kept 6.
     epochs: int = 6
+    # The served weights are the mean of the weights at the last N epoch ends (trainer/weight_averaging.py;
+    # all epochs when a run trains fewer; 1 = the last epoch's weights). Also for warm-started runs.
+    average_last_epochs: int = 1
     seed: int = 42
     # Warm start (trainer/warm_start.py): the Trainer starts from the latest blessed model's weights (rows
     # of ids in both vocabularies carried, new ids initialised as usual) and then trains
@@ -213,6 +216,9 @@ class ModelConfig:
             problems.append(f"sampled_negatives={self.sampled_negatives}: must be at least 0")
         if self.warm_start_epochs < 1:
             problems.append(f"warm_start_epochs={self.warm_start_epochs}: must be at least 1")
+        if self.average_last_epochs < 1:
+            problems.append(f"average_last_epochs={self.average_last_epochs}: must be at least 1 "
+                            f"(1 = the last epoch's weights)")
         if problems:
             raise ValueError("Invalid ModelConfig: " + "; ".join(problems))
 

@@ -14,6 +14,7 @@ from trainer import distribution
 from trainer.model import TwoTowerModel
 from trainer.model_config import ModelConfig
 from trainer.optimizers import make_optimizer
+from trainer.weight_averaging import EpochWeightAverage
 
 
 # -- catalogue -----------------------------------------------------------------------------------
@@ -171,6 +172,8 @@ def train_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items
         if initialize is not None:
             initialize(model)
     callbacks = list(callbacks or [])
+    if cfg.average_last_epochs > 1 and epochs > 1:
+        callbacks.append(EpochWeightAverage(cfg.average_last_epochs))
     if log_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
     if isinstance(validation, dict):
