@@ -125,6 +125,40 @@ def test_index_vectors_scale_items_without_interactions_but_not_new_ones():
         ModelConfig(unseen_item_scale=1.5)
 
 
+def test_served_weights_are_the_mean_of_the_last_epoch_ends():
+    """`average_last_epochs=2` of 3 epochs: the trained model holds the mean of the weights at the end of epochs 2
+    and 3, not the last epoch's; with 1 it keeps the last epoch's. 0 is rejected, naming the field."""
+    from trainer.train import train_model
+
+    class EpochEnds(tf.keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.weights_at = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.weights_at.append([v.numpy().copy() for v in self.model.trainable_weights])
+
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 5, size=256)
+    train = {contract.USER_INDEX: users, contract.ITEM_INDEX: (users + rng.integers(0, 2, size=256)) % 8,
+             contract.HISTORY_INDEX: -np.ones([256, contract.HISTORY_LENGTH], np.int64)}
+    trained = {}
+    for last in (1, 2):
+        cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=32, epochs=3,
+                          learning_rate=0.05, average_last_epochs=last)
+        epoch_ends = EpochEnds()
+        model = train_model(cfg, train, num_users=5, num_items=8, text_table=np.zeros([9, 4], np.float32),
+                            verbose=0, callbacks=[epoch_ends])
+        trained[last] = [v.numpy() for v in model.trainable_weights]
+        epoch2, epoch3 = epoch_ends.weights_at[1], epoch_ends.weights_at[2]
+        expected = epoch3 if last == 1 else [(a + b) / 2 for a, b in zip(epoch2, epoch3)]
+        for served, want in zip(trained[last], expected):
+            np.testing.assert_allclose(served, want, rtol=1e-5, atol=1e-6)
+    # Same seed, same trajectory: the average moved the weights away from the last epoch's.
+    assert max(np.abs(a - b).max() for a, b in zip(trained[1], trained[2])) > 1e-3
+    with pytest.raises(ValueError, match="average_last_epochs=0: must be at least 1"):
+        ModelConfig(average_last_epochs=0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sampled_negatives", [0, 16])
 def test_training_learns_user_item_affinity(sampled_negatives):
