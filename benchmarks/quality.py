@@ -79,6 +79,8 @@ VARIANTS = {
     "TwoTower-BERT-no-popularity-prior": {"popularity_prior": "0"},
     # The default before a new item's popularity prior was read from its text: every new item at the 0.95 quantile.
     "TwoTower-BERT-fixed-new-item-prior": {"new_item_popularity": "0.95", "new_item_text_popularity": "0"},
+    # The default before the served weights were the mean of the last epoch ends' (trainer/weight_averaging.py).
+    "TwoTower-BERT-last-epoch-weights": {"average_last_epochs": "1"},
     "TwoTower-BERT+id-dropout-curriculum": {"id_dropout_start": "0.9"},
     "TwoTower-BERT+id-dropout-0.3": {"id_dropout": "0.3"},     # the previous default: cold items first
 }
