@@ -42,12 +42,12 @@ class EpochWeightAverage(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None):
         if epoch < self.params.get("epochs", epoch + 1) - self.last_epochs:
             return
-        weights = [np.array(v.numpy(), np.float32) for v in self.model.trainable_weights]
-        if self._sums is None:
-            self._sums = weights
+        values = [v.numpy() for v in self.model.trainable_weights]
+        if self._sums is None:   # owned float32 copies, updated in place: one table-sized copy at a time
+            self._sums = [np.array(value, np.float32) for value in values]
         else:
-            for total, w in zip(self._sums, weights):
-                total += w
+            for total, value in zip(self._sums, values):
+                total += value
         self.averaged_epochs += 1
 
     def on_train_end(self, logs=None):
