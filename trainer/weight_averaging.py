@@ -6,7 +6,7 @@
 Why: with a constant learning rate the weights at the last step sit at one noisy point near the optimum;
 the mean of a few epoch-end points lies closer to its centre (Izmailov et al. 2018, "Averaging Weights
 Leads to Wider Optima"). It gives part of what an ensemble of independently trained models gives, at one
-model's training time, vector width and serving cost (validation: tuning/average_last_epochs*.json).
+model's training time, vector width and serving cost (validation: tuning/avg_s4*_average_last_epochs.json).
 
 Cost: one float32 copy of the trainable weights, read once per averaged epoch; nothing per step, so
 the sparse embedding updates stay O(batch). Only trainable weights are averaged (the text basis, the
@@ -40,7 +40,7 @@ class EpochWeightAverage(tf.keras.callbacks.Callback):
         self._sums, self.averaged_epochs = None, 0
 
     def on_epoch_end(self, epoch: int, logs=None):
-        if epoch < self.params.get("epochs", epoch + 1) - self.last_epochs:
+        if epoch < self.params["epochs"] - self.last_epochs:
             return
         values = [v.numpy() for v in self.model.trainable_weights]
         if self._sums is None:   # owned float32 copies, updated in place: one table-sized copy at a time
