@@ -81,6 +81,8 @@ VARIANTS = {
     "TwoTower-BERT-fixed-new-item-prior": {"new_item_popularity": "0.95", "new_item_text_popularity": "0"},
     # The default before the served weights were the mean of the last epoch ends' (trainer/weight_averaging.py).
     "TwoTower-BERT-last-epoch-weights": {"average_last_epochs": "1"},
+    # The default before the new-item quantile was re-chosen with averaged weights (0.75 -> 0.7).
+    "TwoTower-BERT-new-items-at-q0.75": {"new_item_popularity": "0.75"},
     "TwoTower-BERT+id-dropout-curriculum": {"id_dropout_start": "0.9"},
     "TwoTower-BERT+id-dropout-0.3": {"id_dropout": "0.3"},     # the previous default: cold items first
 }
