@@ -92,7 +92,8 @@ class ModelConfig:
     # 0.45-0.52x the warm recall, 0.95 (the choice while every new item got the quantile) at 0.60-0.68x (0.57-0.68x
     # without the prior) with warm R@50 0.2835 vs 0.2762 without the prior. The ID-only baseline keeps the prior
     # with new items at quantile 0 (it cannot place them): warm R@50 0.3089 (tuning/id_only__popularity_prior.json;
-    # 0.3087 over seeds 42-44, id_only_s4*).
+    # 0.3087 over seeds 42-44, id_only_s4*). Re-checked with averaged weights (tuning/avg_s4*_popularity_prior.json,
+    # seeds 42-44): 0.08 / 0.1 / 0.12 -> R@50 0.3281 / 0.3240 / 0.3196: kept.
     popularity_prior: float = 0.08
     # How far a new item's text moves its assumed count from the `new_item_popularity` quantile
     # (trainer/popularity.py: log(1 + n_new) += this x (text-predicted log(1 + n) - its mean over the known items));
@@ -118,6 +119,8 @@ class ModelConfig:
     # spread of one config over seeds 42-44 (R@50 0.310-0.322, NDCG@10 0.154-0.170): defaults kept. Again with the
     # popularity prior on (tuning/prior_defaults__*.json, seed 42): temperature 0.07 / 0.1 / 0.15 -> R@50 0.3214 /
     # 0.3221 / 0.3139, embedding_dim 128 0.3180, a 10-epoch curve peaking at epoch 5 (0.3255; 6: 0.3221): kept.
+    # With averaged weights (average_last_epochs 3; tuning/avg_s4*_learning_rate.json, seeds 42-44), since weight
+    # averaging often favours a higher rate: 0.005 / 0.0075 / 0.01 -> R@50 0.3281 / 0.3233 / 0.3138: kept.
     batch_size: int = 1024
     # tuning/learning_rate.json: 0.01 led 0.005 at id_dropout 0.3, but with id_dropout 0 it trailed it
     # (combined_query_tower.json, mean tower: R@50 0.305 / NDCG@10 0.161 vs 0.309 / 0.165): kept 0.005.
