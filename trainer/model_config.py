@@ -83,8 +83,8 @@ class ModelConfig:
     # 0.5 keeps such items reachable by a close enough text match.
     unseen_item_scale: float = 0.5
     # Popularity prior of the served score (trainer/popularity.py): score = query . candidate +
-    # popularity_prior * (log(1 + item's training interactions) - log(1 + a new item's assumed count)), a new
-    # item being assumed as popular as the `new_item_popularity` quantile of the known items. Serving only:
+    # popularity_prior * (log(1 + item's training interactions) - log(1 + a new item's assumed count)), the
+    # assumed count set by `new_item_popularity` and `new_item_text_popularity` (below). Serving only:
     # training is unchanged. Validation, seeds 42-44 (tuning/prior*__popularity_prior.json): R@50 0.3222 vs 0.3158
     # without it, NDCG@10 0.1734 vs 0.1651; over 0, 0.03, 0.05, 0.08, 0.12 (seed 42) 0.08 led. It also lifts the
     # known items over new ones, so `new_item_popularity` sets where a new item starts (tuning/prior*__
@@ -97,17 +97,15 @@ class ModelConfig:
     popularity_prior: float = 0.08
     # How far a new item's text moves its assumed count from the `new_item_popularity` quantile
     # (trainer/popularity.py: log(1 + n_new) += this x (text-predicted log(1 + n) - its mean over the known items));
-    # 0 = every new item at the quantile. Chosen with the quantile, seeds 42-44 (tuning/textpop_q*__
-    # new_item_text_popularity.json; both fields leave the all-items metrics unchanged), by the rule above: the best
-    # mean warm R@50 with cold R@100 >= 0.5x warm in every seed. Quantile / weight -> mean cold/warm, warm R@50:
-    # 0.95 / 0 (the previous default) 0.65x, 0.2835; 0.9 / 0 0.49x (seed 42 0.45x), 0.3016; 0.75 / 2.5 0.57x,
-    # 0.3002; 0.7 / 3 0.57x, 0.2999; 0.8 / 2 0.57x, 0.2997; 0.75 / 2 0.51x (seed 42 0.48x), 0.3058. At the previous
-    # default's cold/warm, 0.8 / 2.5 gives 0.65x with warm 0.2937 and cold R@100 0.2625 vs 0.2553: reading the text
-    # moves the trade-off itself, not only along it. Re-chosen by the same rule once the served weights were
-    # averaged (average_last_epochs 3; tuning/avg_textpop_q*_new_item_text_popularity.json, seeds 42-44), warm R@50
-    # and cold/warm per seed: 0.75 / 2.5 (the previous default) 0.3051, 0.58/0.58/0.54x; 0.75 / 2 0.3100, 0.48x in
-    # seed 42; 0.75 / 1.5 0.3141, 0.41x; 0.7 / 3 0.3038, 0.57x or more; 0.7 / 2.5 0.3101, 0.50/0.52/0.51x -> 0.7 / 2.5
-    # (the rule's pick sits at the cold bound: its worst seed has 0.004 to spare).
+    # 0 = every new item at the quantile. Both fields only place new items (the all-items metrics do not move), so
+    # they are chosen together by the rule above: the best mean warm R@50 with cold R@100 >= 0.5x warm in every seed
+    # (seeds 42-44, --tune-cold). With the averaged weights (tuning/avg_textpop_q*_new_item_text_popularity.json),
+    # quantile / weight -> warm R@50, cold/warm per seed: 0.75 / 2.5 0.3051, 0.58/0.58/0.54x; 0.75 / 2 0.3100, 0.48x
+    # in seed 42; 0.75 / 1.5 0.3141, 0.41x; 0.7 / 3 0.3038, >= 0.57x; 0.7 / 2.5 0.3101, 0.50/0.52/0.51x -> 0.7 / 2.5
+    # (the rule's pick sits at the cold bound: its worst seed has 0.004 to spare). The first grid, before averaging
+    # (tuning/textpop_q*__new_item_text_popularity.json), showed why the text is read: at the old default's
+    # cold/warm (0.95 / 0: 0.65x, warm 0.2835), 0.8 / 2.5 gives 0.65x with warm 0.2937 and cold R@100 0.2625 vs
+    # 0.2553 -- reading the text moves the trade-off itself, not only along it.
     new_item_popularity: float = 0.7
     new_item_text_popularity: float = 2.5
     # Probability of replacing a user's id with the OOV id in training, so new users get a useful vector.
