@@ -159,6 +159,34 @@ def test_served_weights_are_the_mean_of_the_last_epoch_ends():
         ModelConfig(average_last_epochs=0)
 
 
+def test_training_histories_hide_up_to_target_horizon_minus_one_of_their_most_recent_items():
+    """`target_horizon=3`: in training each history loses its d most recent items, d drawn uniformly from 0-2 per
+    example (the rest of the row kept in place); evaluation and serving see the whole history; 0 is rejected."""
+    cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=4, target_horizon=3,
+                      user_id_dropout=0.0)
+    model = _tiny_model(cfg)
+    rows = np.array([[5, 6, 7, -1, -1], [4, -1, -1, -1, -1], [-1, -1, -1, -1, -1]], np.int64)
+    history = np.tile(rows, [2000, 1])
+    hidden = model.hide_recent_items(tf.constant(history)).numpy()
+    kept = (hidden >= 0).sum(axis=1)
+    assert np.all(hidden[kept[:, None] > np.arange(5)] == history[kept[:, None] > np.arange(5)])  # a prefix
+    assert np.all(hidden[kept[:, None] <= np.arange(5)] == -1)
+    three, one, empty = kept[0::3], kept[1::3], kept[2::3]
+    np.testing.assert_allclose(np.bincount(3 - three, minlength=3) / 2000, [1 / 3] * 3, atol=0.05)
+    np.testing.assert_allclose(np.mean(one == 0), 2 / 3, atol=0.05)   # d = 1 or 2 empties a 1-item history
+    assert np.all(empty == 0)
+    # Only the training loss hides items: with no other training-time randomness it differs from the eval loss.
+    batch = {contract.USER_INDEX: tf.constant([0, 1, 2]), contract.ITEM_INDEX: tf.constant([1, 2, 3]),
+             contract.HISTORY_INDEX: tf.constant(rows)}
+    eval_loss = float(model.compute_loss(batch, training=False))
+    assert float(model.compute_loss(batch, training=False)) == eval_loss
+    assert any(abs(float(model.compute_loss(batch, training=True)) - eval_loss) > 1e-6 for _ in range(10))
+    plain = _tiny_model(dataclasses.replace(cfg, target_horizon=1))
+    assert float(plain.compute_loss(batch, training=True)) == pytest.approx(float(plain.compute_loss(batch)))
+    with pytest.raises(ValueError, match="target_horizon=0: must be at least 1"):
+        ModelConfig(target_horizon=0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sampled_negatives", [0, 16])
 def test_training_learns_user_item_affinity(sampled_negatives):

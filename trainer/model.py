@@ -268,8 +268,11 @@ class TwoTowerModel(tf.keras.Model):
           The summed loss, a float32 scalar.
         """
         item_index = tf.cast(tf.reshape(inputs[contract.ITEM_INDEX], [-1]), tf.int64)
-        query = self.query_embedding(tf.reshape(inputs[contract.USER_INDEX], [-1]),
-                                     inputs[contract.HISTORY_INDEX], training=training)
+        history_index = tf.cast(inputs[contract.HISTORY_INDEX], tf.int64)
+        if training and self.cfg.target_horizon > 1:
+            history_index = self.hide_recent_items(history_index)
+        query = self.query_embedding(tf.reshape(inputs[contract.USER_INDEX], [-1]), history_index,
+                                     training=training)
         text_embedding = self._candidate_text(item_index, training)
         candidate = self.candidate_embedding(item_index, text_embedding, training)
         candidate_index = item_index
@@ -291,6 +294,15 @@ class TwoTowerModel(tf.keras.Model):
         if self.text_to_id is not None:
             loss += self.text_to_id_loss(item_index, text_embedding)
         return loss
+
+    def hide_recent_items(self, history_index: tf.Tensor) -> tf.Tensor:
+        """[B, H] histories with each row's d most recent items set to -1, d uniform in 0..target_horizon-1.
+
+        The target then lies 1..target_horizon steps after the history's end (`ModelConfig.target_horizon`)."""
+        count = tf.reduce_sum(tf.cast(history_index >= 0, tf.int64), axis=1, keepdims=True)
+        hidden = tf.random.uniform(tf.shape(count), 0, self.cfg.target_horizon, dtype=tf.int64)
+        position = tf.range(tf.shape(history_index, out_type=tf.int64)[1])[None, :]
+        return tf.where(position < count - hidden, history_index, tf.constant(-1, tf.int64))
 
     def _candidate_text(self, item_index: tf.Tensor, training: bool) -> tf.Tensor:
         """Text embeddings of candidate items: the trainable BERT on their texts (`train_encoder`), else the table."""
