@@ -14,7 +14,7 @@ from the environment) three times:
             warm-starts from the blessed model; unchanged item texts come from the embedding cache);
   allcores  a fresh root with one Beam worker process per core (`configs.EVERY_CORE_BEAM_PIPELINE_ARGS`),
             against first (only at the sizes given by `--worker-sizes`).
-The 150k comparison of 1 worker vs every core that made one worker the default is in scaling_150k_workers.md.
+The comparisons of 1 worker vs every core that keep one worker the default: scaling_150k_workers.md, scaling_1.5M_workers.md.
 Per component, the wall time is its execution's create -> last update in ML Metadata; the peak RSS is
 the largest sum of the RSS of the whole process tree of `tfx run create` sampled every 0.5 s while that
 component ran, and its RSS at start is what it inherited from the components before it (one process runs
@@ -48,9 +48,9 @@ EVERY_CORE_ARGS = "--direct_running_mode=multi_processing --direct_num_workers=0
 RUNS = ("first", "rerun", "daily-first", "daily-rerun", "allcores")
 # The runs on a fresh root over a size's whole data: what the growth and whole-run targets compare.
 FIRST_RUNS = ("first", "daily-first")
-# Components whose work is Beam (compared 1 vs N workers).
+# Components whose work is Beam (compared 1 vs N workers); the CatalogEmbedder's is RunInference.
 BEAM_COMPONENTS = ("InteractionExampleGen", "ItemExampleGen", "InteractionStatisticsGen", "ItemStatisticsGen",
-                   "AnomalyGate", "Transform")
+                   "TrainingServingSkew", "AnomalyGate", "CatalogEmbedder", "Transform")
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -343,6 +343,8 @@ def write_markdown(results: dict, path: str) -> None:
                 if one and every:
                     lines.append(f"| {node} | {_rows(node, rows) / one:,.0f} | {_rows(node, rows) / every:,.0f} | "
                                  f"{one / every:.2f}x |")
+            one, every = (runs[r]["wall_seconds"] for r in ("first", "allcores"))
+            lines.append(f"| **whole run** (s) | {one:,.0f} | {every:,.0f} | {one / every:.2f}x |")
         lines += ["", "Load average (1 min) at the end of each run: "
                   + ", ".join(f"{n} {r['load_average'][0]:.2f}" for n, r in runs.items()), ""]
         lines += [f"{n}: {r['note']}" for n, r in runs.items() if r.get("note")] + [""]
