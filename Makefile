@@ -69,8 +69,9 @@ test-fast: setup  ## Unit tests only: no pipeline run, server, training or execu
 
 bench: bench-encoder bench-quality bench-serving  ## All benchmarks (tables + JSON in benchmarks/results/).
 
-bench-encoder: setup encoder  ## Item-text encoding throughput (dynamic vs fixed padding).
+bench-encoder: setup encoder  ## Item-text encoding throughput (dynamic vs fixed padding; float32 vs bfloat16).
 	$(PY) -m benchmarks.encoder_throughput --model-dir $(ENCODER_DIR) --out benchmarks/results/encoder_throughput.json
+	$(PY) -m benchmarks.encoder_precision --model-dir $(ENCODER_DIR) --items data/sample/items --movielens $(MOVIELENS) --out benchmarks/results
 
 bench-quality: setup encoder  ## Recall/NDCG vs MostPopular and EASE on ml-latest-small (../shared).
 	$(PY) -m benchmarks.quality --data $(MOVIELENS) --format auto --out benchmarks/results

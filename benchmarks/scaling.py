@@ -14,6 +14,9 @@ from the environment) three times:
             warm-starts from the blessed model; unchanged item texts come from the embedding cache);
   allcores  a fresh root with one Beam worker process per core (`configs.EVERY_CORE_BEAM_PIPELINE_ARGS`),
             against first (only at the sizes given by `--worker-sizes`).
+  bf16-embedding
+            a fresh root with the catalogue embedded in bfloat16 (`ModelConfig.catalogue_embedding_precision`),
+            against first (only when named in `--runs`).
 The comparisons of 1 worker vs every core that keep one worker the default: scaling_150k_workers.md, scaling_1.5M_workers.md.
 Per component, the wall time is its execution's create -> last update in ML Metadata; the peak RSS is
 the largest sum of the RSS of the whole process tree of `tfx run create` sampled every 0.5 s while that
@@ -45,7 +48,9 @@ SIZES = {
 }
 # first/rerun run `make run`'s settings (None: the environment's, i.e. the pipeline default of one worker).
 EVERY_CORE_ARGS = "--direct_running_mode=multi_processing --direct_num_workers=0"
-RUNS = ("first", "rerun", "daily-first", "daily-rerun", "allcores")
+RUNS = ("first", "rerun", "daily-first", "daily-rerun", "allcores", "bf16-embedding")
+DEFAULT_RUNS = RUNS[:-1]
+BF16_SETTINGS = {"TOWER_RECS_MODEL_CATALOGUE_EMBEDDING_PRECISION": "bfloat16"}
 # The runs on a fresh root over a size's whole data: what the growth and whole-run targets compare.
 FIRST_RUNS = ("first", "daily-first")
 # Components whose work is Beam (compared 1 vs N workers); the CatalogEmbedder's is RunInference.
@@ -345,6 +350,12 @@ def write_markdown(results: dict, path: str) -> None:
                                  f"{one / every:.2f}x |")
             one, every = (runs[r]["wall_seconds"] for r in ("first", "allcores"))
             lines.append(f"| **whole run** (s) | {one:,.0f} | {every:,.0f} | {one / every:.2f}x |")
+        if "first" in runs and "bf16-embedding" in runs:
+            full, reduced = (runs[r]["components"].get("CatalogEmbedder", {}).get("seconds")
+                             for r in ("first", "bf16-embedding"))
+            lines += ["", f"Catalogue embedded in bfloat16 (`{' '.join(f'{k}={v}' for k, v in BF16_SETTINGS.items())}`) "
+                      f"vs float32: CatalogEmbedder {full:.0f} s -> {reduced:.0f} s ({full / reduced:.2f}x), whole run "
+                      f"{runs['first']['wall_seconds']:.0f} s -> {runs['bf16-embedding']['wall_seconds']:.0f} s."]
         lines += ["", "Load average (1 min) at the end of each run: "
                   + ", ".join(f"{n} {r['load_average'][0]:.2f}" for n, r in runs.items()), ""]
         lines += [f"{n}: {r['note']}" for n, r in runs.items() if r.get("note")] + [""]
@@ -394,7 +405,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--worker-sizes", default="", help="sizes that also run with a Beam worker per core")
     parser.add_argument("--skip-rerun", action="store_true", help="no rerun with 1%% new data")
     parser.add_argument("--out", default=os.path.join(PROJECT_DIR, "benchmarks", "results"))
-    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated of {list(RUNS)}")
+    parser.add_argument("--runs", default=",".join(DEFAULT_RUNS),
+                        help=f"comma-separated of {list(RUNS)} (default: all but bf16-embedding)")
     parser.add_argument("--force", action="store_true", help="rerun (size, run) pairs already in the JSON")
     args = parser.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]
@@ -426,6 +438,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         plan += [("daily-first", daily_first), ("daily-rerun", daily_rerun)]
         if size in args.worker_sizes.split(","):
             plan.append(("allcores", lambda: run_pipeline(f"{size}-allcores", data_dir(size), EVERY_CORE_ARGS)))
+        plan.append(("bf16-embedding", lambda: run_pipeline(f"{size}-bf16", data_dir(size), settings=BF16_SETTINGS)))
         for run_name, run in plan:
             if run_name not in args.runs.split(","):
                 continue

@@ -17,6 +17,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from encoder.precision import validate_precision
+
 
 class TextEncoderModelHandler(ModelHandler[str, PredictionResult, Any]):
     """RunInference handler: item texts -> float32 [H] sentence embeddings (frozen encoder).
@@ -26,18 +28,20 @@ class TextEncoderModelHandler(ModelHandler[str, PredictionResult, Any]):
       output_key: the encoder output to keep.
       batch_size: texts per encoder call inside one RunInference batch.
       max_batch_size: texts per RunInference batch (texts of a batch are sorted by length).
+      precision: "float32" or "bfloat16" (CPU bfloat16 matmuls, `encoder/precision.py`).
     """
 
     def __init__(self, preprocess_handle: str, encoder_handle: str, output_key: str = "sentence_embedding",
-                 batch_size: int = 128, max_batch_size: int = 2048):
+                 batch_size: int = 128, max_batch_size: int = 2048, precision: str = "float32"):
         super().__init__()
         self._preprocess, self._encoder, self._output_key = preprocess_handle, encoder_handle, output_key
         self._batch_size, self._max_batch_size = batch_size, max_batch_size
+        self._precision = validate_precision(precision)
 
     def load_model(self):
         from encoder.text_embedding import TextEncoder
 
-        return TextEncoder(self._preprocess, self._encoder)
+        return TextEncoder(self._preprocess, self._encoder, self._precision)
 
     def run_inference(self, batch: Sequence[str], model, inference_args: Optional[dict] = None
                       ) -> Iterable[PredictionResult]:
@@ -62,9 +66,13 @@ def _hash_tree(path: str, digest) -> None:
                     digest.update(chunk)
 
 
-def encoder_fingerprint(preprocess_handle: str, encoder_handle: str, output_key: str) -> str:
-    """sha256 of the encoder's files (local handles) or handles (URLs), and the output key."""
+def encoder_fingerprint(preprocess_handle: str, encoder_handle: str, output_key: str,
+                        precision: str = "float32") -> str:
+    """sha256 of the encoder's files (local handles) or handles (URLs), the output key and a precision other
+    than float32 (so float32 fingerprints are the ones written before the precision existed)."""
     digest = hashlib.sha256(output_key.encode("utf-8") + b"\0")
+    if validate_precision(precision) != "float32":
+        digest.update(precision.encode("utf-8") + b"\0")
     for handle in (preprocess_handle, encoder_handle):
         if os.path.isdir(handle):
             _hash_tree(handle, digest)

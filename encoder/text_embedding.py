@@ -3,7 +3,8 @@
 Short item texts are not all padded to the preprocessor's maximum length: texts are tokenized
 once, sorted by token count, and each batch is packed (via the preprocessor's own
 `bert_pack_inputs`) to its own maximum length rounded up to a multiple of 8 (capped at the
-preprocessor's default seq_length). Results are returned in the input order.
+preprocessor's default seq_length). Results are returned in the input order. `precision="bfloat16"`
+runs the encoder's matmuls in bfloat16 on CPU for those calls only (`encoder/precision.py`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401  (registers the TF Text ops used by the preprocessor)
+
+from encoder.precision import precision_scope, validate_precision
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +42,13 @@ def preprocessor_seq_length(preprocessor: Any) -> int:
 
 
 class TextEncoder:
-    """Holds the two hub.KerasLayers; `encode` does the dynamic-padding batched encoding."""
+    """Holds the two hub.KerasLayers; `encode` does the dynamic-padding batched encoding.
 
-    def __init__(self, preprocess_handle: str, encoder_handle: str):
+    `precision`: "float32", or "bfloat16" for CPU bfloat16 matmuls during `encode` (`encoder/precision.py`).
+    """
+
+    def __init__(self, preprocess_handle: str, encoder_handle: str, precision: str = "float32"):
+        self.precision = validate_precision(precision)
         self.preprocess_layer = hub.KerasLayer(preprocess_handle, trainable=False)
         self.encoder_layer = hub.KerasLayer(encoder_handle, trainable=False)
         pre = self.preprocess_layer.resolved_object
@@ -77,6 +84,11 @@ class TextEncoder:
         n = len(texts)
         if n == 0:
             return np.zeros((0, 0), np.float32)
+        with precision_scope(self.precision):
+            return self._encode(texts, batch_size, output_key, log_every)
+
+    def _encode(self, texts: List[str], batch_size: int, output_key: str, log_every: int) -> np.ndarray:
+        n = len(texts)
         start_time = time.time()
         tokens = self.tokenize(texts)
         packed_len = np.minimum(np.array([len(t) for t in tokens]), self.max_seq_length - 2) + 2
@@ -111,19 +123,19 @@ class TextEncoder:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_encoder(preprocess_handle: str, encoder_handle: str) -> TextEncoder:
-    return TextEncoder(preprocess_handle, encoder_handle)
+def _cached_encoder(preprocess_handle: str, encoder_handle: str, precision: str = "float32") -> TextEncoder:
+    return TextEncoder(preprocess_handle, encoder_handle, precision)
 
 
 def encode_texts(preprocess_handle: str, encoder_handle: str, texts: Sequence[str],
                  batch_size: int = 128, output_key: str = "sentence_embedding",
-                 log_every: int = 50) -> np.ndarray:
+                 log_every: int = 50, precision: str = "float32") -> np.ndarray:
     """Embeds `texts` -> float32 [N, H] in input order (dynamic per-batch padding).
 
     Handles are anything `hub.KerasLayer` accepts (local SavedModel path or tfhub URL); loaded
     layers are cached per (preprocess_handle, encoder_handle). `output_key` selects a [B, H]
     encoder output ("sentence_embedding", "pooled_output" or "default"). Progress is logged
-    (logger `encoder.text_embedding`, INFO) every `log_every` batches.
+    (logger `encoder.text_embedding`, INFO) every `log_every` batches. `precision`: see `TextEncoder`.
     """
-    return _cached_encoder(preprocess_handle, encoder_handle).encode(
+    return _cached_encoder(preprocess_handle, encoder_handle, precision).encode(
         texts, batch_size=batch_size, output_key=output_key, log_every=log_every)

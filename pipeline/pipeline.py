@@ -284,7 +284,8 @@ def create_pipeline(
     ).with_id("LatestCatalogEmbeddingsResolver")
     embedder = CatalogEmbedder(items=item_gen.outputs["examples"], previous=embeddings_resolver.outputs["embeddings"],
                                preprocess_handle=model_config.preprocess_handle,
-                               encoder_handle=model_config.encoder_handle, output_key=model_config.encoder_output_key)
+                               encoder_handle=model_config.encoder_handle, output_key=model_config.encoder_output_key,
+                               precision=model_config.catalogue_embedding_precision)
     embedder.add_upstream_node(gate)
 
     # Warm start: the Trainer starts from the latest blessed model (ModelConfig.warm_start turns it off).

@@ -191,7 +191,7 @@ def test_evaluator_loads_a_user_sample_and_records_the_total(tiny_examples):
 
 
 # -- catalogue embeddings cached across runs --------------------------------------------------------------
-def _embed(items, previous, work, tiny_encoder):
+def _embed(items, previous, work, tiny_encoder, precision=None):
     from pipeline import configs
     from pipeline.components.catalog_embedder import CatalogEmbedderExecutor, CatalogEmbeddings
 
@@ -202,7 +202,7 @@ def _embed(items, previous, work, tiny_encoder):
         beam_pipeline_args=configs.BEAM_PIPELINE_ARGS, tmp_dir=work))
     executor.Do({"items": [items], "previous": [previous] if previous else []}, {"embeddings": [output]},
                 {"preprocess_handle": tiny_encoder[0], "encoder_handle": tiny_encoder[1],
-                 "output_key": "sentence_embedding"})
+                 "output_key": "sentence_embedding", "precision": precision})
     return output
 
 
@@ -309,3 +309,39 @@ def test_text_pca_basis_matches_the_svd_in_a_fraction_of_the_table_s_memory():
     assert (basis[strongest, np.arange(dim)] > 0).all(), "signs follow the largest entry, so refits agree"
     with pytest.raises(ValueError, match="dim must be in"):
         principal_directions(table, 97)
+
+
+@pytest.mark.slow
+def test_bfloat16_catalogue_embedding_is_cached_apart_and_leaves_later_encoding_float32(tiny_examples, tiny_encoder,
+                                                                                        tmp_path):
+    from encoder.beam_inference import text_key
+    from encoder.text_embedding import encode_texts
+    from pipeline import example_reader
+    from pipeline.components.catalog_embedder import CatalogEmbedder, embeddings_pattern, read_embeddings
+    from trainer.item_text import catalogue_texts
+    from trainer.model_config import ModelConfig
+
+    _, _, items = tiny_examples
+    texts = sorted(set(catalogue_texts(example_reader.read_columns(
+        example_reader.split_pattern(items, contract.ITEMS_SPLIT), example_reader.ITEMS_SCHEMA,
+        contract.ITEM_COLUMNS))))
+    float32_before = encode_texts(*tiny_encoder, texts)
+    reduced = _embed(items, None, str(tmp_path / "bf16"), tiny_encoder, precision="bfloat16")
+    vectors = read_embeddings(embeddings_pattern(reduced))
+    got = np.stack([vectors[text_key(t)] for t in texts])
+    # The bfloat16 graphs ran (the vectors differ from float32) and stay close to float32 in direction.
+    assert np.abs(got - float32_before).max() > 1e-4
+    cosine = np.sum(got * float32_before, axis=1) / (np.linalg.norm(got, axis=1)
+                                                     * np.linalg.norm(float32_before, axis=1))
+    assert cosine.min() > 0.99
+    # The precision was scoped to the embedding job: encoding afterwards in this process is float32 again.
+    np.testing.assert_array_equal(encode_texts(*tiny_encoder, texts), float32_before)
+    # A float32 run does not reuse bfloat16 vectors (the precision is part of the cache's fingerprint).
+    float32_run = _embed(items, reduced, str(tmp_path / "fp32"), tiny_encoder)
+    assert float32_run.get_int_custom_property("texts_encoded") == len(texts)
+    assert float32_run.get_string_custom_property("encoder_fingerprint") != \
+        reduced.get_string_custom_property("encoder_fingerprint")
+    with pytest.raises(ValueError, match="catalogue_embedding_precision='float16': must be one of"):
+        CatalogEmbedder(items=None, preprocess_handle="p", encoder_handle="e", precision="float16")
+    with pytest.raises(ValueError, match="catalogue_embedding_precision='fp16': must be one of"):
+        ModelConfig(catalogue_embedding_precision="fp16")

@@ -61,7 +61,8 @@ class ItemTextEncoder(tf.keras.layers.Layer):
 
 
 def embed_catalogue(preprocess_handle: str, encoder_handle: str, texts: Sequence[str],
-                    output_key: str = "sentence_embedding", batch_size: int = 128) -> np.ndarray:
+                    output_key: str = "sentence_embedding", batch_size: int = 128,
+                    precision: str = "float32") -> np.ndarray:
     """Embeds each text once with the frozen encoder (dynamic padding per batch).
 
     Args:
@@ -69,6 +70,7 @@ def embed_catalogue(preprocess_handle: str, encoder_handle: str, texts: Sequence
       texts: N item texts.
       output_key: the encoder output to keep.
       batch_size: texts per encoder call.
+      precision: "float32" or "bfloat16" (`ModelConfig.catalogue_embedding_precision`).
 
     Returns:
       float32 [N, H], in the order of `texts`.
@@ -76,7 +78,7 @@ def embed_catalogue(preprocess_handle: str, encoder_handle: str, texts: Sequence
     from encoder.text_embedding import encode_texts  # the encoder package owns the fast batched path
 
     return encode_texts(preprocess_handle, encoder_handle, list(texts), batch_size=batch_size,
-                        output_key=output_key)
+                        output_key=output_key, precision=precision)
 
 
 def catalogue_texts(catalogue: dict[str, Sequence]) -> list[str]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from encoder.precision import PRECISIONS   # no TensorFlow at import
+
 # ModelConfig.optimizer values (trainer/optimizers.py builds them; kept here so the config needs no TensorFlow).
 OPTIMIZERS = ("adam", "lazy_adam")
 
@@ -193,6 +195,12 @@ class ModelConfig:
     encoder_handle: str = "models/minilm/encoder"
     encoder_output_key: str = "sentence_embedding"
     train_encoder: bool = False      # frozen: text embedded once per distinct item
+    # Precision of the catalogue's batch embedding (CatalogEmbedder, or the Trainer without it): "bfloat16" runs
+    # the frozen encoder's matmuls in bfloat16 on CPU for those calls only (encoder/precision.py): 1.4-1.5x the
+    # texts/s on a CPU with native bfloat16 (AVX512_BF16/AMX; emulated and slower elsewhere), each vector within
+    # cosine 0.9998 of float32 (benchmarks/results/encoder_precision.md). float32 by default: the served graph
+    # embeds new items in float32, and TF Serving's CPU build is not guaranteed the pass.
+    catalogue_embedding_precision: str = "float32"
     text_seq_length: int = 64        # tokens kept per item text when the encoder runs in the graph
 
     # Serving.
@@ -241,6 +249,9 @@ class ModelConfig:
         if self.average_last_epochs < 1:
             problems.append(f"average_last_epochs={self.average_last_epochs}: must be at least 1 "
                             f"(1 = the last epoch's weights)")
+        if self.catalogue_embedding_precision not in PRECISIONS:
+            problems.append(f"catalogue_embedding_precision={self.catalogue_embedding_precision!r}: must be one of "
+                            f"{PRECISIONS}")
         if self.target_horizon < 1:
             problems.append(f"target_horizon={self.target_horizon}: must be at least 1 (1 = the next item)")
         if problems:

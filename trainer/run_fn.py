@@ -149,7 +149,8 @@ def catalogue_vectors(cfg: ModelConfig, texts: list[str], embedding_files: Optio
         logging.info("Looked up %d catalogue item text embeddings in %s", len(texts), embedding_files)
         return np.stack([cached[text_key(text)] for text in texts]) if texts else np.zeros([0, 0], np.float32)
     logging.info("Embedding %d catalogue item texts with %s", len(texts), cfg.encoder_handle)
-    return embed_catalogue(cfg.preprocess_handle, cfg.encoder_handle, texts, output_key=cfg.encoder_output_key)
+    return embed_catalogue(cfg.preprocess_handle, cfg.encoder_handle, texts, output_key=cfg.encoder_output_key,
+                           precision=cfg.catalogue_embedding_precision)
 
 
 # -- TFX entry point -----------------------------------------------------------------------------

@@ -56,6 +56,7 @@ class CatalogEmbedderSpec(component_spec.ComponentSpec):
         "preprocess_handle": component_spec.ExecutionParameter(type=str),
         "encoder_handle": component_spec.ExecutionParameter(type=str),
         "output_key": component_spec.ExecutionParameter(type=str),
+        "precision": component_spec.ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         ITEMS_KEY: component_spec.ChannelParameter(type=standard_artifacts.Examples),
@@ -169,7 +170,8 @@ class CatalogEmbedderExecutor(base_beam_executor.BaseBeamExecutor):
         output = artifact_utils.get_single_instance(output_dict[EMBEDDINGS_KEY])
         preprocess, encoder = exec_properties["preprocess_handle"], exec_properties["encoder_handle"]
         output_key = exec_properties.get("output_key") or "sentence_embedding"
-        fingerprint = encoder_fingerprint(preprocess, encoder, output_key)
+        precision = exec_properties.get("precision") or "float32"
+        fingerprint = encoder_fingerprint(preprocess, encoder, output_key, precision)
         previous_pattern = None
         for previous in input_dict.get(PREVIOUS_KEY) or []:
             path = os.path.join(previous.uri, FINGERPRINT_FILE)
@@ -178,7 +180,8 @@ class CatalogEmbedderExecutor(base_beam_executor.BaseBeamExecutor):
         pipeline = self._make_beam_pipeline()
         build_embeddings(pipeline, example_reader.split_pattern(items, contract.ITEMS_SPLIT),
                          os.path.join(output.uri, FILE_PREFIX),
-                         TextEncoderModelHandler(preprocess, encoder, output_key), previous_pattern)
+                         TextEncoderModelHandler(preprocess, encoder, output_key, precision=precision),
+                         previous_pattern)
         result = pipeline.run()
         result.wait_until_finish()
         counts = {name: _counter(result, name) for name in ("texts_encoded", "texts_reused")}
@@ -200,6 +203,8 @@ class CatalogEmbedder(base_beam_component.BaseBeamComponent):
       items: the catalogue ExampleGen output.
       preprocess_handle, encoder_handle, output_key: the TF Hub BERT (ModelConfig's fields).
       previous: the latest `CatalogEmbeddings` (a Resolver's output), or None.
+      precision: "float32" or "bfloat16" (`ModelConfig.catalogue_embedding_precision`, `encoder/precision.py`);
+        part of the cache's fingerprint, so vectors of one precision are never reused for the other.
 
     Outputs: `embeddings` (CatalogEmbeddings), read by the CatalogTrainer.
     """
@@ -208,8 +213,12 @@ class CatalogEmbedder(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(CatalogEmbedderExecutor)
 
     def __init__(self, items: types.BaseChannel, preprocess_handle: str, encoder_handle: str,
-                 output_key: str = "sentence_embedding", previous: Optional[types.BaseChannel] = None):
+                 output_key: str = "sentence_embedding", previous: Optional[types.BaseChannel] = None,
+                 precision: str = "float32"):
+        from encoder.precision import validate_precision
+
         spec = CatalogEmbedderSpec(items=items, previous=previous, preprocess_handle=preprocess_handle,
                                    encoder_handle=encoder_handle, output_key=output_key,
+                                   precision=validate_precision(precision, "catalogue_embedding_precision"),
                                    embeddings=types.Channel(type=CatalogEmbeddings))
         super().__init__(spec=spec)
