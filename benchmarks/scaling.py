@@ -17,7 +17,7 @@ from the environment) three times:
   bf16-embedding
             a fresh root with the catalogue embedded in bfloat16 (`ModelConfig.catalogue_embedding_precision`),
             against first (only when named in `--runs`).
-The comparisons of 1 worker vs every core that keep one worker the default: scaling_150k_workers.md, scaling_1.5M_workers.md.
+The comparisons of 1 worker vs every core that keep one worker the default: scaling_150k_workers.md, scaling_1.5M_options.md.
 Per component, the wall time is its execution's create -> last update in ML Metadata; the peak RSS is
 the largest sum of the RSS of the whole process tree of `tfx run create` sampled every 0.5 s while that
 component ran, and its RSS at start is what it inherited from the components before it (one process runs

@@ -97,7 +97,7 @@ if TRAINER_GPUS > 0 and env("MODEL_REQUIRE_GPU") is None:
 
 # Beam's DirectRunner: one in-process worker by default. One worker process per core was measured slower on
 # every Beam component at 150k interactions (0.17-0.79x, benchmarks/results/scaling_150k_workers.md: each worker process
-# imports TensorFlow) and gained 3% on the whole 1.5M run for twice the peak RSS (scaling_1.5M_workers.md), so it is
+# imports TensorFlow) and gained 3% on the whole 1.5M run for twice the peak RSS (scaling_1.5M_options.md), so it is
 # opt-in: TOWER_RECS_BEAM_PIPELINE_ARGS="<EVERY_CORE_BEAM_PIPELINE_ARGS>".
 # TOWER_RECS_BEAM_PIPELINE_ARGS replaces the default, e.g. with those or --runner=DataflowRunner ...
 SINGLE_WORKER_BEAM_PIPELINE_ARGS = "--direct_running_mode=in_memory --direct_num_workers=1"
