@@ -125,6 +125,44 @@ def test_index_vectors_scale_items_without_interactions_but_not_new_ones():
         ModelConfig(unseen_item_scale=1.5)
 
 
+def test_training_logs_the_retrieval_and_content_to_id_losses_apart():
+    """The content-to-id map's squared error grows with the id embeddings it predicts, so on real data the summed
+    `loss` can rise while the ranking loss falls (ml-latest-small, 1.5M synthetic); the logs (and TensorBoard)
+    show the parts."""
+    from trainer.train import train_model
+
+    class EpochLogs(tf.keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.epochs = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs.append(dict(logs))
+
+    rng = np.random.default_rng(2)
+    users = rng.integers(0, 5, size=1024)
+    items = np.where(users < 3, rng.integers(0, 4, size=1024), rng.integers(4, 8, size=1024))
+    train = {contract.USER_INDEX: users, contract.ITEM_INDEX: items,
+             contract.HISTORY_INDEX: -np.ones([1024, contract.HISTORY_LENGTH], np.int64)}
+    text_table = np.vstack([rng.normal(size=[8, 4]), np.zeros([1, 4])]).astype(np.float32)
+    runs = {}
+    for id_from_text in (True, False):
+        cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=64, epochs=4,
+                          learning_rate=0.05, id_from_text=id_from_text, average_last_epochs=1)
+        logs = EpochLogs()
+        model = train_model(cfg, train, num_users=5, num_items=8, text_table=text_table, verbose=0,
+                            callbacks=[logs])
+        for epoch in logs.epochs:
+            parts = epoch["retrieval_loss"] + epoch.get("text_to_id_loss", 0.0)
+            assert epoch["loss"] == pytest.approx(parts, rel=1e-4)
+            assert ("text_to_id_loss" in epoch) == id_from_text
+        runs[id_from_text] = logs.epochs
+        assert logs.epochs[-1]["retrieval_loss"] < logs.epochs[0]["retrieval_loss"]
+        batch = {name: tf.constant(values[:64]) for name, values in train.items()}
+        losses = model.compute_losses(batch)
+        assert float(model.compute_loss(batch)) == pytest.approx(float(tf.add_n(list(losses.values()))), rel=1e-6)
+    assert runs[True][0]["retrieval_loss"] != runs[False][0]["retrieval_loss"]   # both runs trained, differently
+
+
 def test_served_weights_are_the_mean_of_the_last_epoch_ends():
     """`average_last_epochs=2` of 3 epochs: the trained model holds the mean of the weights at the end of epochs 2
     and 3, not the last epoch's; with 1 it keeps the last epoch's. 0 is rejected, naming the field."""

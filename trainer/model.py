@@ -258,14 +258,21 @@ class TwoTowerModel(tf.keras.Model):
     # library functions on the first trace (that took 20-60 s of the first epoch on 2 busy cores).
     @tf.autograph.experimental.do_not_convert
     def compute_loss(self, inputs: dict, training: bool = False) -> tf.Tensor:
-        """The in-batch softmax loss of a batch (`trainer/retrieval_task.py`).
+        """The loss of a batch: the sum of `compute_losses`, a float32 scalar (the `tfrs.Model` interface)."""
+        return tf.add_n(list(self.compute_losses(inputs, training).values()))
+
+    @tf.autograph.experimental.do_not_convert
+    def compute_losses(self, inputs: dict, training: bool = False) -> dict[str, tf.Tensor]:
+        """The parts of a batch's loss, each a summed float32 scalar.
+
+        `retrieval_loss` is the in-batch softmax loss (`trainer/retrieval_task.py`), the one that ranks; with
+        `id_from_text`, `text_to_id_loss` is the content-to-id map's squared error, which grows with the id
+        embeddings it predicts, so the sum can rise over epochs while the retrieval loss falls: the training
+        logs (and TensorBoard) show both.
 
         Args:
           inputs: index features `user_index` [B], `item_index` [B], `history_index` [B, H].
           training: applies id dropout and, with `train_encoder`, fine-tunes BERT.
-
-        Returns:
-          The summed loss, a float32 scalar.
         """
         item_index = tf.cast(tf.reshape(inputs[contract.ITEM_INDEX], [-1]), tf.int64)
         history_index = tf.cast(inputs[contract.HISTORY_INDEX], tf.int64)
@@ -288,12 +295,13 @@ class TwoTowerModel(tf.keras.Model):
             uniform = float(self.cfg.sampled_negatives) / max(self.num_items, 1)
             log_probability = tf.math.log((batch * tf.exp(tf.gather(self.item_log_probability, candidate_index))
                                            + uniform) / (batch + self.cfg.sampled_negatives))
-        loss = in_batch_softmax_loss(query, candidate, temperature=self.cfg.temperature,
-                                     candidate_log_probability=log_probability if self.cfg.logq_correction else None,
-                                     candidate_ids=candidate_index if self.cfg.remove_accidental_hits else None)
+        losses = {"retrieval_loss": in_batch_softmax_loss(
+            query, candidate, temperature=self.cfg.temperature,
+            candidate_log_probability=log_probability if self.cfg.logq_correction else None,
+            candidate_ids=candidate_index if self.cfg.remove_accidental_hits else None)}
         if self.text_to_id is not None:
-            loss += self.text_to_id_loss(item_index, text_embedding)
-        return loss
+            losses["text_to_id_loss"] = self.text_to_id_loss(item_index, text_embedding)
+        return losses
 
     def hide_recent_items(self, history_index: tf.Tensor) -> tf.Tensor:
         """[B, H] histories with each row's d most recent items set to -1, d uniform in 0..target_horizon-1.
@@ -322,18 +330,21 @@ class TwoTowerModel(tf.keras.Model):
     @tf.autograph.experimental.do_not_convert
     def train_step(self, inputs):
         """`tfrs.Model.train_step` without AutoGraph conversion: loss + regularisation, one optimizer step;
-        returns {"loss", "regularization_loss", "total_loss"}."""
+        returns {"loss", "regularization_loss", "total_loss"} and the parts of the loss (`compute_losses`)."""
         with tf.GradientTape() as tape:
-            loss = self.compute_loss(inputs, training=True)
+            losses = self.compute_losses(inputs, training=True)
+            loss = tf.add_n(list(losses.values()))
             regularization_loss = tf.reduce_sum([tf.reduce_sum(value) for value in self.losses])
             total_loss = loss + regularization_loss
         gradients = tape.gradient(total_loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        return {"loss": loss, "regularization_loss": regularization_loss, "total_loss": total_loss}
+        return {"loss": loss, **losses, "regularization_loss": regularization_loss, "total_loss": total_loss}
 
     @tf.autograph.experimental.do_not_convert
     def test_step(self, inputs):
-        """`tfrs.Model.test_step`: {"loss", "regularization_loss", "total_loss"} of one batch."""
-        loss = self.compute_loss(inputs, training=False)
+        """`tfrs.Model.test_step`: {"loss", "regularization_loss", "total_loss"} and the loss's parts, one batch."""
+        losses = self.compute_losses(inputs, training=False)
+        loss = tf.add_n(list(losses.values()))
         regularization_loss = tf.reduce_sum([tf.reduce_sum(value) for value in self.losses])
-        return {"loss": loss, "regularization_loss": regularization_loss, "total_loss": loss + regularization_loss}
+        return {"loss": loss, **losses, "regularization_loss": regularization_loss,
+                "total_loss": loss + regularization_loss}
