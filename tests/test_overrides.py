@@ -20,7 +20,8 @@ GROUPS = [(ModelConfig, "MODEL"), (EvaluationConfig, "EVAL"), (ServingCheckConfi
 CHECKED_FIELDS = {"baseline_metric": ("ndcg@50", "ndcg@50"), "popularity_metric": ("recall@10", "recall@10"),
                   "thresholds": ({"recall@10": 0.25}, '{"recall@10": 0.25}'), "max_relative_drop": (0.1, "0.1"),
                   "optimizer": ("adam", "adam"), "unseen_item_scale": (0.25, "0.25"),
-                  "new_item_popularity": (0.25, "0.25")}
+                  "new_item_popularity": (0.25, "0.25"),
+                  "catalogue_embedding_precision": ("bfloat16", "bfloat16")}
 
 
 def _another_value(value, annotation, name=""):
