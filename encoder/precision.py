@@ -10,8 +10,9 @@ previous call options after it, so later calls in the same process run the float
         vectors = encoder.encode(texts)      # the encoder's graphs run with bfloat16 matmuls
     vectors32 = encoder.encode(texts)        # float32 again: TF caches one instantiation per call config
 
-Measured on this project's 2-core CPU with AVX512_BF16 (MiniLM, 3,000 ml-latest-small titles): 1.4-1.5x the
-texts/s, every vector within cosine 0.9998 of the float32 one (`make bench-encoder`). CPUs without native
+Measured on this project's 2-core CPU with AVX512_BF16 (MiniLM; the sample catalogue, the scaling benchmark's and
+ml-latest-small's texts): 1.48-1.56x the texts/s, every vector within cosine 0.9998 of the float32 one
+(`make bench-encoder`, benchmarks/results/encoder_precision.md). CPUs without native
 bfloat16 emulate it (slower): `cpu_has_native_bfloat16` says which this is.
 """
 from __future__ import annotations

@@ -133,7 +133,7 @@ def encode_texts(preprocess_handle: str, encoder_handle: str, texts: Sequence[st
     """Embeds `texts` -> float32 [N, H] in input order (dynamic per-batch padding).
 
     Handles are anything `hub.KerasLayer` accepts (local SavedModel path or tfhub URL); loaded
-    layers are cached per (preprocess_handle, encoder_handle). `output_key` selects a [B, H]
+    layers are cached per (preprocess_handle, encoder_handle, precision). `output_key` selects a [B, H]
     encoder output ("sentence_embedding", "pooled_output" or "default"). Progress is logged
     (logger `encoder.text_embedding`, INFO) every `log_every` batches. `precision`: see `TextEncoder`.
     """
