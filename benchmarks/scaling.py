@@ -4,7 +4,7 @@
 
 For each size, `data.sample` writes synthetic data (catalogue growing with it), then the pipeline runs
 exactly as `make run` runs it (`tfx pipeline create|update` + `tfx run create --engine local`, settings
-from the environment) three times:
+from the environment) in these runs (by default all but the last two):
   first     a fresh pipeline root (no cache), the pipeline's default Beam settings (one in-process worker);
   rerun     the same pipeline after 1% new interactions on 1% new items (`--skip-rerun` to skip);
   daily-first, daily-rerun
@@ -238,10 +238,10 @@ def run_pipeline(name: str, data: str, beam_args: Optional[str] = None, fresh: b
                   for node, (start, end) in sorted(times.items(), key=lambda kv: kv[1][0])}
     return {"wall_seconds": round(wall, 1), "peak_rss_mb": round(rss.peak() / 2 ** 20), "components": components,
             "load_average": list(os.getloadavg()), "beam_pipeline_args": beam_args or "default",
-            "settings": settings or {}, "evaluation": blessing(output)}
+            "settings": settings or {}, "evaluation": evaluation_result(output)}
 
 
-def blessing(output: str) -> Optional[dict]:
+def evaluation_result(output: str) -> Optional[dict]:
     """The latest RetrievalEvaluator result under a run's output folder: blessed, and the candidate's recall@50 and
     ndcg@10 over all items (None when the run has none)."""
     files = sorted(glob.glob(os.path.join(output, "pipeline_root", "*", "RetrievalEvaluator", "evaluation", "*",
@@ -327,6 +327,10 @@ def targets(results: dict) -> list[dict]:
     return out
 
 
+def _settings_text(settings: dict) -> str:
+    return " ".join(f"{name}={value}" for name, value in settings.items())
+
+
 def write_markdown(results: dict, path: str) -> None:
     lines = ["# Pipeline scaling (`make bench-scale`)", "",
              f"Machine: {results['machine']}. Load average per run in scaling.json.", ""]
@@ -372,12 +376,12 @@ def write_markdown(results: dict, path: str) -> None:
         if "first" in runs and "bf16-embedding" in runs:
             full, reduced = (runs[r]["components"].get("CatalogEmbedder", {}).get("seconds")
                              for r in ("first", "bf16-embedding"))
-            lines += ["", f"Catalogue embedded in bfloat16 (`{' '.join(f'{k}={v}' for k, v in BF16_SETTINGS.items())}`) "
+            lines += ["", f"Catalogue embedded in bfloat16 (`{_settings_text(BF16_SETTINGS)}`) "
                       f"vs float32: CatalogEmbedder {full:.0f} s -> {reduced:.0f} s ({full / reduced:.2f}x), whole run "
                       f"{runs['first']['wall_seconds']:.0f} s -> {runs['bf16-embedding']['wall_seconds']:.0f} s."]
         if "first" in runs and "two-epochs-bf16" in runs:
             run = runs["two-epochs-bf16"]
-            lines += ["", f"With 2 epochs as well (`{' '.join(f'{k}={v}' for k, v in TWO_EPOCHS_BF16_SETTINGS.items())}`):"
+            lines += ["", f"With 2 epochs as well (`{_settings_text(TWO_EPOCHS_BF16_SETTINGS)}`):"
                       f" CatalogTrainer {runs['first']['components']['CatalogTrainer']['seconds']:.0f} s -> "
                       f"{run['components']['CatalogTrainer']['seconds']:.0f} s, whole run "
                       f"{runs['first']['wall_seconds']:.0f} s -> {run['wall_seconds']:.0f} s."]

@@ -51,6 +51,11 @@ def _mlp(cfg: ModelConfig, name: str) -> tf.keras.Sequential:
     return tf.keras.Sequential(layers, name=name)
 
 
+def _summed_loss(losses: dict[str, tf.Tensor]) -> tf.Tensor:
+    """The loss the optimizer minimises: the sum of its named parts."""
+    return tf.add_n(list(losses.values()))
+
+
 class TwoTowerModel(tf.keras.Model):
     """Retrieval model over index features (`user_index`, `item_index`, `history_index`).
 
@@ -259,7 +264,7 @@ class TwoTowerModel(tf.keras.Model):
     @tf.autograph.experimental.do_not_convert
     def compute_loss(self, inputs: dict, training: bool = False) -> tf.Tensor:
         """The loss of a batch: the sum of `compute_losses`, a float32 scalar (the `tfrs.Model` interface)."""
-        return tf.add_n(list(self.compute_losses(inputs, training).values()))
+        return _summed_loss(self.compute_losses(inputs, training))
 
     @tf.autograph.experimental.do_not_convert
     def compute_losses(self, inputs: dict, training: bool = False) -> dict[str, tf.Tensor]:
@@ -333,7 +338,7 @@ class TwoTowerModel(tf.keras.Model):
         returns {"loss", "regularization_loss", "total_loss"} and the parts of the loss (`compute_losses`)."""
         with tf.GradientTape() as tape:
             losses = self.compute_losses(inputs, training=True)
-            loss = tf.add_n(list(losses.values()))
+            loss = _summed_loss(losses)
             regularization_loss = tf.reduce_sum([tf.reduce_sum(value) for value in self.losses])
             total_loss = loss + regularization_loss
         gradients = tape.gradient(total_loss, self.trainable_variables)
@@ -344,7 +349,7 @@ class TwoTowerModel(tf.keras.Model):
     def test_step(self, inputs):
         """`tfrs.Model.test_step`: {"loss", "regularization_loss", "total_loss"} and the loss's parts, one batch."""
         losses = self.compute_losses(inputs, training=False)
-        loss = tf.add_n(list(losses.values()))
+        loss = _summed_loss(losses)
         regularization_loss = tf.reduce_sum([tf.reduce_sum(value) for value in self.losses])
         return {"loss": loss, **losses, "regularization_loss": regularization_loss,
                 "total_loss": loss + regularization_loss}
