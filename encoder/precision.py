@@ -13,7 +13,8 @@ previous call options after it, so later calls in the same process run the float
 Measured on this project's 2-core CPU with AVX512_BF16 (MiniLM; the sample catalogue, the scaling benchmark's and
 ml-latest-small's texts): 1.48-1.56x the texts/s, every vector within cosine 0.9998 of the float32 one
 (`make bench-encoder`, benchmarks/results/encoder_precision.md). CPUs without native
-bfloat16 emulate it (slower): `cpu_has_native_bfloat16` says which this is.
+bfloat16 emulate it (slower): `cpu_has_native_bfloat16` says which this is; where oneDNN has no bfloat16 at all
+(no AVX512F), the encoding stays float32 with a warning (`onednn_runs_bfloat16`).
 """
 from __future__ import annotations
 
@@ -31,6 +32,15 @@ def validate_precision(precision: str, name: str = "precision") -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"{name}={precision!r}: must be one of {PRECISIONS}")
     return precision
+
+
+def onednn_runs_bfloat16() -> bool:
+    """Whether TensorFlow's oneDNN kernels run bfloat16 on this CPU at all (natively or emulated on AVX512F);
+    where they do not, grappler's pass would leave the graph alone."""
+    import tensorflow as tf
+    from tensorflow.python.util import _pywrap_utils   # TF's own check, as its bfloat16 tests use
+
+    return bool(_pywrap_utils.IsDataTypeSupportedByOneDNNOnThisCPU(tf.bfloat16.as_datatype_enum))
 
 
 def cpu_has_native_bfloat16() -> bool:
@@ -64,8 +74,13 @@ def bfloat16_calls() -> Iterator[None]:
 
 
 def precision_scope(precision: str) -> contextlib.AbstractContextManager:
-    """`bfloat16_calls()` for "bfloat16" (with a warning on a CPU that emulates it), else a no-op block."""
+    """`bfloat16_calls()` for "bfloat16" (with a warning on a CPU that emulates it), else a no-op block: for
+    "float32", and, with a warning, where oneDNN has no bfloat16 on this CPU (the encoding stays float32)."""
     if validate_precision(precision) == "float32":
+        return contextlib.nullcontext()
+    if not onednn_runs_bfloat16():
+        logger.warning("bfloat16 encoding was asked for, but TensorFlow's oneDNN has no bfloat16 on this CPU "
+                       "(it needs AVX512F or AVX-NE-CONVERT): encoding in float32")
         return contextlib.nullcontext()
     if not cpu_has_native_bfloat16():
         logger.warning("bfloat16 encoding on a CPU without native bfloat16 (AVX512_BF16/AMX) is emulated and "
