@@ -73,16 +73,22 @@ def bfloat16_calls() -> Iterator[None]:
         eager.function_call_options = saved
 
 
-def precision_scope(precision: str) -> contextlib.AbstractContextManager:
-    """`bfloat16_calls()` for "bfloat16" (with a warning on a CPU that emulates it), else a no-op block: for
-    "float32", and, with a warning, where oneDNN has no bfloat16 on this CPU (the encoding stays float32)."""
+def uses_bfloat16(precision: str) -> bool:
+    """Whether `precision` asks for bfloat16 and this CPU can run it; decided once per encoder (it reads the CPU's
+    flags and warns): False for "float32", and, with a warning, where oneDNN has no bfloat16 (encoding stays
+    float32); True with a warning where bfloat16 is emulated (slower)."""
     if validate_precision(precision) == "float32":
-        return contextlib.nullcontext()
+        return False
     if not onednn_runs_bfloat16():
         logger.warning("bfloat16 encoding was asked for, but TensorFlow's oneDNN has no bfloat16 on this CPU "
                        "(it needs AVX512F or AVX-NE-CONVERT): encoding in float32")
-        return contextlib.nullcontext()
+        return False
     if not cpu_has_native_bfloat16():
         logger.warning("bfloat16 encoding on a CPU without native bfloat16 (AVX512_BF16/AMX) is emulated and "
                        "slower than float32")
-    return bfloat16_calls()
+    return True
+
+
+def precision_scope(precision: str) -> contextlib.AbstractContextManager:
+    """`bfloat16_calls()` where `uses_bfloat16(precision)`, else a no-op block."""
+    return bfloat16_calls() if uses_bfloat16(precision) else contextlib.nullcontext()

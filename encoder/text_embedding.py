@@ -8,6 +8,7 @@ runs the encoder's matmuls in bfloat16 on CPU for those calls only (`encoder/pre
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -18,7 +19,7 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401  (registers the TF Text ops used by the preprocessor)
 
-from encoder.precision import precision_scope, validate_precision
+from encoder.precision import bfloat16_calls, uses_bfloat16, validate_precision
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class TextEncoder:
 
     def __init__(self, preprocess_handle: str, encoder_handle: str, precision: str = "float32"):
         self.precision = validate_precision(precision)
+        self._bfloat16 = uses_bfloat16(precision)   # once: RunInference calls `encode` per batch
         self.preprocess_layer = hub.KerasLayer(preprocess_handle, trainable=False)
         self.encoder_layer = hub.KerasLayer(encoder_handle, trainable=False)
         pre = self.preprocess_layer.resolved_object
@@ -84,7 +86,7 @@ class TextEncoder:
         n = len(texts)
         if n == 0:
             return np.zeros((0, 0), np.float32)
-        with precision_scope(self.precision):
+        with bfloat16_calls() if self._bfloat16 else contextlib.nullcontext():
             return self._encode(texts, batch_size, output_key, log_every)
 
     def _encode(self, texts: List[str], batch_size: int, output_key: str, log_every: int) -> np.ndarray:
