@@ -87,8 +87,3 @@ def uses_bfloat16(precision: str) -> bool:
         logger.warning("bfloat16 encoding on a CPU without native bfloat16 (AVX512_BF16/AMX) is emulated and "
                        "slower than float32")
     return True
-
-
-def precision_scope(precision: str) -> contextlib.AbstractContextManager:
-    """`bfloat16_calls()` where `uses_bfloat16(precision)`, else a no-op block."""
-    return bfloat16_calls() if uses_bfloat16(precision) else contextlib.nullcontext()

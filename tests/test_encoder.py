@@ -240,17 +240,15 @@ def test_cli_help(capsys):
 
 
 def test_bfloat16_encoding_falls_back_to_float32_with_a_warning_where_onednn_has_no_bfloat16(monkeypatch, caplog):
-    import contextlib
     import logging
 
     from encoder import precision
 
     monkeypatch.setattr(precision, "onednn_runs_bfloat16", lambda: False)
     with caplog.at_level(logging.WARNING, logger="encoder.precision"):
-        scope = precision.precision_scope("bfloat16")
-    assert isinstance(scope, contextlib.nullcontext)
+        assert precision.uses_bfloat16("bfloat16") is False
     assert "no bfloat16 on this CPU" in caplog.text and "encoding in float32" in caplog.text
     monkeypatch.setattr(precision, "onednn_runs_bfloat16", lambda: True)
-    assert not isinstance(precision.precision_scope("bfloat16"), contextlib.nullcontext)
+    assert precision.uses_bfloat16("bfloat16") is True and precision.uses_bfloat16("float32") is False
     with pytest.raises(ValueError, match="precision='fp8': must be one of"):
-        precision.precision_scope("fp8")
+        precision.uses_bfloat16("fp8")
