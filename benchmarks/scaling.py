@@ -14,6 +14,9 @@ from the environment) in these runs (by default all but the last two):
             warm-starts from the blessed model; unchanged item texts come from the embedding cache);
   allcores  a fresh root with one Beam worker process per core (`configs.EVERY_CORE_BEAM_PIPELINE_ARGS`),
             against first (only at the sizes given by `--worker-sizes`).
+  one-worker, interaction-cores
+            a fresh root with the interaction-sized Beam jobs on one in-process worker / on every core whatever
+            the data's size (`TOWER_RECS_EVERY_CORE_MIN_INTERACTIONS_MB`), against first (only when named in `--runs`);
   bf16-embedding
             a fresh root with the catalogue embedded in bfloat16 (`ModelConfig.catalogue_embedding_precision`),
             against first (only when named in `--runs`);
@@ -52,10 +55,17 @@ SIZES = {
 }
 # first/rerun run `make run`'s settings (None: the environment's, i.e. the pipeline default of one worker).
 EVERY_CORE_ARGS = "--direct_running_mode=multi_processing --direct_num_workers=0"
-RUNS = ("first", "rerun", "daily-first", "daily-rerun", "allcores", "bf16-embedding", "two-epochs-bf16")
-DEFAULT_RUNS = RUNS[:-2]
+RUNS = ("first", "rerun", "daily-first", "daily-rerun", "allcores", "one-worker", "interaction-cores",
+        "bf16-embedding", "two-epochs-bf16")
+DEFAULT_RUNS = RUNS[:5]
 BF16_SETTINGS = {"TOWER_RECS_MODEL_CATALOGUE_EMBEDDING_PRECISION": "bfloat16"}
 TWO_EPOCHS_BF16_SETTINGS = dict(BF16_SETTINGS, TOWER_RECS_MODEL_EPOCHS="2")
+# The rule that gives the interaction-sized Beam jobs every core above a data size (pipeline/configs.py), forced
+# off (the single in-process worker everywhere, the default before it) and forced on.
+ONE_WORKER_SETTINGS = {"TOWER_RECS_EVERY_CORE_MIN_INTERACTIONS_MB": "inf"}
+INTERACTION_CORES_SETTINGS = {"TOWER_RECS_EVERY_CORE_MIN_INTERACTIONS_MB": "0"}
+# Runs that change only where Beam runs: compared with `first` per Beam component.
+BEAM_VARIANTS = ("allcores", "one-worker", "interaction-cores")
 # The runs on a fresh root over a size's whole data: what the growth and whole-run targets compare.
 FIRST_RUNS = ("first", "daily-first")
 # Components whose work is Beam (compared 1 vs N workers); the CatalogEmbedder's is RunInference.
@@ -238,7 +248,21 @@ def run_pipeline(name: str, data: str, beam_args: Optional[str] = None, fresh: b
                   for node, (start, end) in sorted(times.items(), key=lambda kv: kv[1][0])}
     return {"wall_seconds": round(wall, 1), "peak_rss_mb": round(rss.peak() / 2 ** 20), "components": components,
             "load_average": list(os.getloadavg()), "beam_pipeline_args": beam_args or "default",
+            "beam_placement": beam_placement(data, beam_args, env),
             "settings": settings or {}, "evaluation": evaluation_result(output)}
+
+
+def beam_placement(data: str, beam_args: Optional[str], env: dict) -> str:
+    """Where the run's Beam jobs ran, by the pipeline's rule (pipeline/configs.py) on this data and env."""
+    if beam_args:
+        return f"every component: {beam_args}"
+    from pipeline import beam_runners, configs
+
+    threshold = float(env.get("TOWER_RECS_EVERY_CORE_MIN_INTERACTIONS_MB", configs.EVERY_CORE_MIN_INTERACTIONS_MB))
+    size = beam_runners.megabytes_under(os.path.join(data, "interactions"))
+    if size >= threshold:
+        return f"interaction-sized jobs on every core ({size:.0f} MB >= {threshold:g} MB), the rest one worker"
+    return f"one in-process worker ({size:.0f} MB < {threshold:g} MB)"
 
 
 def evaluation_result(output: str) -> Optional[dict]:
@@ -331,6 +355,11 @@ def _settings_text(settings: dict) -> str:
     return " ".join(f"{name}={value}" for name, value in settings.items())
 
 
+def _beam_text(run: dict) -> str:
+    """Where a run's Beam jobs ran, for the comparisons: its recorded choice, else the default of its time."""
+    return run.get("beam_placement") or "one in-process worker (the default then)"
+
+
 def write_markdown(results: dict, path: str) -> None:
     lines = ["# Pipeline scaling (`make bench-scale`)", "",
              f"Machine: {results['machine']}. Load average per run in scaling.json.", ""]
@@ -362,17 +391,19 @@ def write_markdown(results: dict, path: str) -> None:
         lines.append("| **whole run** | " + " | ".join(
             f"**{r['wall_seconds']:.0f}**" if r.get("complete", True) else "incomplete" for r in runs.values())
             + f" | | | {runs.get(kind, {}).get('peak_rss_mb') or '–'} | |")
-        if "first" in runs and "allcores" in runs:
-            lines += ["", f"Beam on every core (`{EVERY_CORE_ARGS}`) vs the default single in-process worker, "
-                      "rows/s per Beam component:", "",
-                      "| component | 1 worker rows/s | every core rows/s | speedup |", "|---|---|---|---|"]
+        for variant in (v for v in BEAM_VARIANTS if "first" in runs and v in runs):
+            how = (f"TOWER_RECS_BEAM_PIPELINE_ARGS=\"{runs[variant]['beam_pipeline_args']}\""
+                   if variant == "allcores" else _settings_text(runs[variant]["settings"]))
+            lines += ["", f"{variant} (`{how}`) vs first, rows/s per Beam component (first's Beam args: "
+                      f"{_beam_text(runs['first'])}):", "",
+                      f"| component | first rows/s | {variant} rows/s | {variant} speedup |", "|---|---|---|---|"]
             for node in BEAM_COMPONENTS:
-                one, every = (runs[r]["components"].get(node, {}).get("seconds") for r in ("first", "allcores"))
-                if one and every:
-                    lines.append(f"| {node} | {_rows(node, rows) / one:,.0f} | {_rows(node, rows) / every:,.0f} | "
-                                 f"{one / every:.2f}x |")
-            one, every = (runs[r]["wall_seconds"] for r in ("first", "allcores"))
-            lines.append(f"| **whole run** (s) | {one:,.0f} | {every:,.0f} | {one / every:.2f}x |")
+                base, other = (runs[r]["components"].get(node, {}).get("seconds") for r in ("first", variant))
+                if base and other:
+                    lines.append(f"| {node} | {_rows(node, rows) / base:,.0f} | {_rows(node, rows) / other:,.0f} | "
+                                 f"{base / other:.2f}x |")
+            base, other = (runs[r]["wall_seconds"] for r in ("first", variant))
+            lines.append(f"| **whole run** (s) | {base:,.0f} | {other:,.0f} | {base / other:.2f}x |")
         if "first" in runs and "bf16-embedding" in runs:
             full, reduced = (runs[r]["components"].get("CatalogEmbedder", {}).get("seconds")
                              for r in ("first", "bf16-embedding"))
@@ -472,6 +503,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         plan += [("daily-first", daily_first), ("daily-rerun", daily_rerun)]
         if size in args.worker_sizes.split(","):
             plan.append(("allcores", lambda: run_pipeline(f"{size}-allcores", data_dir(size), EVERY_CORE_ARGS)))
+        plan.append(("one-worker", lambda: run_pipeline(f"{size}-one-worker", data_dir(size),
+                                                        settings=ONE_WORKER_SETTINGS)))
+        plan.append(("interaction-cores", lambda: run_pipeline(f"{size}-interaction-cores", data_dir(size),
+                                                               settings=INTERACTION_CORES_SETTINGS)))
         plan.append(("bf16-embedding", lambda: run_pipeline(f"{size}-bf16", data_dir(size), settings=BF16_SETTINGS)))
         plan.append(("two-epochs-bf16", lambda: run_pipeline(f"{size}-e2-bf16", data_dir(size),
                                                              settings=TWO_EPOCHS_BF16_SETTINGS)))

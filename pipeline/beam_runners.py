@@ -101,6 +101,21 @@ def runner_name(environ: Optional[Mapping[str, str]] = None) -> str:
     return runner
 
 
+def megabytes_under(path: str) -> float:
+    """Size in MB (10^6 bytes) of the files under `path` (a local folder or a bucket URI; 0 if it is missing).
+
+        >>> megabytes_under("/no/such/folder")
+        0.0
+    """
+    import tensorflow as tf  # gfile: local paths and gs:// alike
+
+    if not tf.io.gfile.exists(path):
+        return 0.0
+    size = sum(tf.io.gfile.stat(os.path.join(folder, name)).length
+               for folder, _, names in tf.io.gfile.walk(path) for name in names)
+    return size / 1e6
+
+
 def beam_pipeline_args(environ: Optional[Mapping[str, str]] = None,
                        default_args: Sequence[str] = ()) -> list[str]:
     """The Beam pipeline args of the configured runner.

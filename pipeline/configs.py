@@ -106,6 +106,17 @@ DEFAULT_BEAM_PIPELINE_ARGS = SINGLE_WORKER_BEAM_PIPELINE_ARGS
 BEAM_PIPELINE_ARGS = env("BEAM_PIPELINE_ARGS", DEFAULT_BEAM_PIPELINE_ARGS).split()
 # TOWER_RECS_BEAM_RUNNER=dataflow|flink|spark replaces those with the cluster runner's args, validated here.
 BEAM_PIPELINE_ARGS = beam_runners.beam_pipeline_args(default_args=BEAM_PIPELINE_ARGS)
+# Except for the Beam components that read every interaction (InteractionExampleGen, InteractionStatisticsGen,
+# TrainingServingSkew, AnomalyGate, Transform): those get a worker process per core once the interactions on disk
+# reach this many MB, where the split work pays for the workers' start-up (each imports TensorFlow) -- 1.15-1.58x
+# each at 1.5M interactions (180 MB; scaling_1.5M_options.md), slower at 150k (18 MB; scaling_150k_workers.md).
+# The item-sized jobs and the CatalogEmbedder (whose TensorFlow already runs every core) keep the default above.
+# Only for the direct runner with its default args (TOWER_RECS_BEAM_PIPELINE_ARGS unset); "inf" turns it off.
+EVERY_CORE_MIN_INTERACTIONS_MB = float(env("EVERY_CORE_MIN_INTERACTIONS_MB", "64"))
+INTERACTION_BEAM_PIPELINE_ARGS = (
+    EVERY_CORE_BEAM_PIPELINE_ARGS.split()
+    if env("BEAM_PIPELINE_ARGS") is None and beam_runners.runner_name() == "direct"
+    and beam_runners.megabytes_under(INTERACTIONS_PATH) >= EVERY_CORE_MIN_INTERACTIONS_MB else [])
 
 # -- Gates before Pusher (pipeline/components/retrieval_evaluator.py, serving_check.py) ------------
 # RetrievalEvaluator: full-catalogue Recall/NDCG@K against absolute minimums and the latest blessed model.
@@ -147,6 +158,7 @@ def pipeline_kwargs() -> dict[str, Any]:
         train_steps=TRAIN_STEPS,
         eval_steps=EVAL_STEPS,
         beam_pipeline_args=list(BEAM_PIPELINE_ARGS),
+        interaction_beam_pipeline_args=list(INTERACTION_BEAM_PIPELINE_ARGS),
         evaluation_config=EVALUATION_CONFIG,
         serving_check_config=SERVING_CHECK_CONFIG,
         infra_validator=INFRA_VALIDATOR,

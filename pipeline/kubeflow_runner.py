@@ -184,6 +184,8 @@ def resolve(settings: KubeflowSettings) -> dict[str, Any]:
         metadata_connection_config=None,
         beam_pipeline_args=list(kwargs["beam_pipeline_args"] if settings.beam_pipeline_args is None
                                 else settings.beam_pipeline_args),
+        # Pods: the args above for every Beam component (the local size rule reads the local data, not the bucket).
+        interaction_beam_pipeline_args=None,
         enable_cache=settings.enable_cache,
         report_dir=_join(pipeline_root, "reports"),
         # KFP v2 compiles only TFX's stock resolver strategies (pipeline/pipeline.py).

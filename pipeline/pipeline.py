@@ -191,6 +191,7 @@ def create_pipeline(
     eval_steps: int = 0,
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     beam_pipeline_args: Optional[list[str]] = None,
+    interaction_beam_pipeline_args: Optional[list[str]] = None,
     enable_cache: bool = True,
     evaluation_config: Optional[EvaluationConfig] = None,
     serving_check_config: Optional[ServingCheckConfig] = None,
@@ -215,6 +216,9 @@ def create_pipeline(
       train_steps, eval_steps: the Trainer's TrainArgs / EvalArgs (0: `model_config.epochs`).
       metadata_connection_config: ML Metadata (None on Kubeflow, which manages it).
       beam_pipeline_args, enable_cache: TFX's.
+      interaction_beam_pipeline_args: Beam args added (last, so they win) to the Beam components that read every
+        interaction: InteractionExampleGen, InteractionStatisticsGen, TrainingServingSkew, AnomalyGate, Transform
+        (`configs.INTERACTION_BEAM_PIPELINE_ARGS`: a worker per core for large inputs).
       evaluation_config, serving_check_config: the gates (default: the dataclasses' defaults).
       infra_validator: "docker" / "kubernetes" run TFX's stock InfraValidator with
         tensorflow/serving:`tf_serving_tag` instead of ServingCheck.
@@ -343,6 +347,9 @@ def create_pipeline(
     )
     if window:
         span_nodes.append(window)
+
+    for component in (interaction_gen, i_stats, skew_check, gate, transform):
+        component.with_beam_pipeline_args(interaction_beam_pipeline_args or [])
 
     components = [interaction_gen, item_gen, i_stats, i_schema, i_validator, c_stats, c_schema, c_validator,
                   gate, skew_check, transform, embeddings_resolver, embedder, latest_blessed, trainer,

@@ -89,6 +89,57 @@ def test_beam_default_is_one_worker_and_the_env_selects_every_core(monkeypatch):
     importlib.reload(configs)
 
 
+def _merged_beam_options(pipeline, node_id):
+    """The DirectRunner options a node runs with: pipeline-level args first, its own appended (TFX's order)."""
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+    component = next(c for c in pipeline.components if c.id == node_id)
+    return PipelineOptions(component.executor_spec.beam_pipeline_args).view_as(DirectOptions)
+
+
+def test_interaction_sized_beam_jobs_use_every_core_only_for_large_data(tmp_path, monkeypatch):
+    import importlib
+
+    from pipeline import configs
+    from pipeline.pipeline import create_pipeline
+
+    data_dir = _contract(str(tmp_path / "data"))
+    monkeypatch.setenv("TOWER_RECS_DATA", data_dir)
+    monkeypatch.delenv("TOWER_RECS_BEAM_PIPELINE_ARGS", raising=False)
+
+    def built(**env):
+        for name, value in env.items():
+            monkeypatch.setenv(f"TOWER_RECS_{name}", value)
+        kwargs = importlib.reload(configs).pipeline_kwargs()
+        return create_pipeline(**dict(kwargs, pipeline_root=str(tmp_path / "root")))
+
+    interaction_jobs = ("InteractionExampleGen", "InteractionStatisticsGen", "TrainingServingSkew", "AnomalyGate",
+                        "Transform")
+    try:
+        small = built()     # the fixture's few kB: under the default threshold
+        assert configs.INTERACTION_BEAM_PIPELINE_ARGS == []
+        for node in interaction_jobs + ("ItemExampleGen", "CatalogEmbedder"):
+            options = _merged_beam_options(small, node)
+            assert (options.direct_running_mode, options.direct_num_workers) == ("in_memory", 1), node
+
+        large = built(EVERY_CORE_MIN_INTERACTIONS_MB="0.001")
+        for node in interaction_jobs:
+            options = _merged_beam_options(large, node)
+            assert (options.direct_running_mode, options.direct_num_workers) == ("multi_processing", 0), node
+        for node in ("ItemExampleGen", "ItemStatisticsGen", "CatalogEmbedder"):
+            options = _merged_beam_options(large, node)
+            assert (options.direct_running_mode, options.direct_num_workers) == ("in_memory", 1), node
+
+        # Beam args the user chose apply to every component as given; so does a cluster runner's.
+        monkeypatch.setenv("TOWER_RECS_BEAM_PIPELINE_ARGS", "--direct_num_workers=3")
+        chosen = built()
+        assert _merged_beam_options(chosen, "Transform").direct_num_workers == 3
+    finally:
+        for name in ("DATA", "EVERY_CORE_MIN_INTERACTIONS_MB", "BEAM_PIPELINE_ARGS"):
+            monkeypatch.delenv(f"TOWER_RECS_{name}", raising=False)
+        importlib.reload(configs)
+
+
 # -- streamed trainer input -------------------------------------------------------------------------------
 def _transformed_examples(tmp_path, n, num_items):
     """Hand-written Transform-output files (gzipped tf.Examples of the three index features) + its schema."""
