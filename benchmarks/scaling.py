@@ -17,6 +17,8 @@ from the environment) in these runs (by default all but the last two):
   one-worker, interaction-cores
             a fresh root with the interaction-sized Beam jobs on one in-process worker / on every core whatever
             the data's size (`TOWER_RECS_EVERY_CORE_MIN_INTERACTIONS_MB`), against first (only when named in `--runs`);
+  interaction-threads
+            the same jobs on one thread per core in the pipeline's process (multi_threading), whatever the size;
   bf16-embedding
             a fresh root with the catalogue embedded in bfloat16 (`ModelConfig.catalogue_embedding_precision`),
             against first (only when named in `--runs`);
@@ -56,7 +58,7 @@ SIZES = {
 # first/rerun run `make run`'s settings (None: the environment's, i.e. the pipeline default of one worker).
 EVERY_CORE_ARGS = "--direct_running_mode=multi_processing --direct_num_workers=0"
 RUNS = ("first", "rerun", "daily-first", "daily-rerun", "allcores", "one-worker", "interaction-cores",
-        "bf16-embedding", "two-epochs-bf16")
+        "interaction-threads", "bf16-embedding", "two-epochs-bf16")
 DEFAULT_RUNS = RUNS[:5]
 BF16_SETTINGS = {"TOWER_RECS_MODEL_CATALOGUE_EMBEDDING_PRECISION": "bfloat16"}
 TWO_EPOCHS_BF16_SETTINGS = dict(BF16_SETTINGS, TOWER_RECS_MODEL_EPOCHS="2")
@@ -64,8 +66,12 @@ TWO_EPOCHS_BF16_SETTINGS = dict(BF16_SETTINGS, TOWER_RECS_MODEL_EPOCHS="2")
 # off (the single in-process worker everywhere, the default before it) and forced on.
 ONE_WORKER_SETTINGS = {"TOWER_RECS_EVERY_CORE_MIN_INTERACTIONS_MB": "inf"}
 INTERACTION_CORES_SETTINGS = {"TOWER_RECS_EVERY_CORE_MIN_INTERACTIONS_MB": "0"}
+# The same jobs on one thread per core in the pipeline's process (no worker processes to start or to hold memory).
+INTERACTION_THREADS_SETTINGS = {"TOWER_RECS_EVERY_CORE_MIN_INTERACTIONS_MB": "0",
+                                "TOWER_RECS_LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS":
+                                    "--direct_running_mode=multi_threading --direct_num_workers=0"}
 # Runs that change only where Beam runs: compared with `first` per Beam component.
-BEAM_VARIANTS = ("allcores", "one-worker", "interaction-cores")
+BEAM_VARIANTS = ("allcores", "one-worker", "interaction-cores", "interaction-threads")
 # The runs on a fresh root over a size's whole data: what the growth and whole-run targets compare.
 FIRST_RUNS = ("first", "daily-first")
 # Components whose work is Beam (compared 1 vs N workers); the CatalogEmbedder's is RunInference.
@@ -261,7 +267,8 @@ def beam_placement(data: str, beam_args: Optional[str], env: dict) -> str:
     threshold = float(env.get("TOWER_RECS_EVERY_CORE_MIN_INTERACTIONS_MB", configs.EVERY_CORE_MIN_INTERACTIONS_MB))
     size = beam_runners.megabytes_under(os.path.join(data, "interactions"))
     if size >= threshold:
-        return f"interaction-sized jobs on every core ({size:.0f} MB >= {threshold:g} MB), the rest one worker"
+        args = env.get("TOWER_RECS_LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS", configs.LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS)
+        return f"interaction-sized jobs with {args} ({size:.0f} MB >= {threshold:g} MB), the rest one worker"
     return f"one in-process worker ({size:.0f} MB < {threshold:g} MB)"
 
 
@@ -507,6 +514,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                         settings=ONE_WORKER_SETTINGS)))
         plan.append(("interaction-cores", lambda: run_pipeline(f"{size}-interaction-cores", data_dir(size),
                                                                settings=INTERACTION_CORES_SETTINGS)))
+        plan.append(("interaction-threads", lambda: run_pipeline(f"{size}-interaction-threads", data_dir(size),
+                                                                 settings=INTERACTION_THREADS_SETTINGS)))
         plan.append(("bf16-embedding", lambda: run_pipeline(f"{size}-bf16", data_dir(size), settings=BF16_SETTINGS)))
         plan.append(("two-epochs-bf16", lambda: run_pipeline(f"{size}-e2-bf16", data_dir(size),
                                                              settings=TWO_EPOCHS_BF16_SETTINGS)))

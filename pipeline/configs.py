@@ -112,9 +112,11 @@ BEAM_PIPELINE_ARGS = beam_runners.beam_pipeline_args(default_args=BEAM_PIPELINE_
 # each at 1.5M interactions (180 MB; scaling_1.5M_options.md), slower at 150k (18 MB; scaling_150k_workers.md).
 # The item-sized jobs and the CatalogEmbedder (whose TensorFlow already runs every core) keep the default above.
 # Only for the direct runner with its default args (TOWER_RECS_BEAM_PIPELINE_ARGS unset); "inf" turns it off.
+# TOWER_RECS_LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS: what those jobs get instead (default: a process per core).
 EVERY_CORE_MIN_INTERACTIONS_MB = float(env("EVERY_CORE_MIN_INTERACTIONS_MB", "64"))
+LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS = env("LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS", EVERY_CORE_BEAM_PIPELINE_ARGS)
 INTERACTION_BEAM_PIPELINE_ARGS = (
-    EVERY_CORE_BEAM_PIPELINE_ARGS.split()
+    LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS.split()
     if env("BEAM_PIPELINE_ARGS") is None and beam_runners.runner_name() == "direct"
     and beam_runners.megabytes_under(INTERACTIONS_PATH) >= EVERY_CORE_MIN_INTERACTIONS_MB else [])
 
