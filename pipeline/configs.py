@@ -46,6 +46,22 @@ def _abs(path: str) -> str:
     return path if "://" in path else os.path.abspath(os.path.join(PROJECT_DIR, path))
 
 
+def _ingested_interactions(interactions_path: str, span_config: SpanConfig) -> str:
+    """The folder this run's InteractionExampleGen reads: with spans the pinned or the latest `span-<N>` (a daily
+    run ingests one small span of a large history), else the whole interactions folder."""
+    import tensorflow as tf  # gfile: local paths and gs:// alike
+
+    numbers = {}
+    for path in tf.io.gfile.glob(os.path.join(interactions_path, contract.SPAN_PREFIX + "*")):
+        suffix = os.path.basename(path.rstrip("/"))[len(contract.SPAN_PREFIX):]
+        if suffix.isdigit():
+            numbers[int(suffix)] = path
+    if span_config.layout == "flat" or not numbers:
+        return interactions_path
+    latest = numbers[max(numbers)]
+    return numbers.get(span_config.pin, latest) if span_config.pin else latest
+
+
 _reject_renamed()
 PIPELINE_NAME = env("PIPELINE_NAME", "tower-recs")
 # The served model's name (TF Serving's model_name): a pipeline setting, not a ModelConfig field.
@@ -95,10 +111,9 @@ TRAINER_ACCELERATOR = env("TRAINER_ACCELERATOR", "NVIDIA_TESLA_T4")
 if TRAINER_GPUS > 0 and env("MODEL_REQUIRE_GPU") is None:
     MODEL_CONFIG = dataclasses.replace(MODEL_CONFIG, require_gpu=True)
 
-# Beam's DirectRunner: one in-process worker by default. One worker process per core was measured slower on
-# every Beam component at 150k interactions (0.17-0.79x, benchmarks/results/scaling_150k_workers.md: each worker process
-# imports TensorFlow) and gained 3% on the whole 1.5M run for twice the peak RSS (scaling_1.5M_options.md), so it is
-# opt-in: TOWER_RECS_BEAM_PIPELINE_ARGS="<EVERY_CORE_BEAM_PIPELINE_ARGS>".
+# Beam's DirectRunner: one in-process worker by default. One worker process per core for *every* Beam component
+# gained 3% on the whole 1.5M run for twice the peak RSS (scaling_1.5M_options.md: the item-sized jobs and the
+# CatalogEmbedder lost), so that is opt-in: TOWER_RECS_BEAM_PIPELINE_ARGS="<EVERY_CORE_BEAM_PIPELINE_ARGS>".
 # TOWER_RECS_BEAM_PIPELINE_ARGS replaces the default, e.g. with those or --runner=DataflowRunner ...
 SINGLE_WORKER_BEAM_PIPELINE_ARGS = "--direct_running_mode=in_memory --direct_num_workers=1"
 EVERY_CORE_BEAM_PIPELINE_ARGS = "--direct_running_mode=multi_processing --direct_num_workers=0"
@@ -107,18 +122,23 @@ BEAM_PIPELINE_ARGS = env("BEAM_PIPELINE_ARGS", DEFAULT_BEAM_PIPELINE_ARGS).split
 # TOWER_RECS_BEAM_RUNNER=dataflow|flink|spark replaces those with the cluster runner's args, validated here.
 BEAM_PIPELINE_ARGS = beam_runners.beam_pipeline_args(default_args=BEAM_PIPELINE_ARGS)
 # Except for the Beam components that read every interaction (InteractionExampleGen, InteractionStatisticsGen,
-# TrainingServingSkew, AnomalyGate, Transform): those get a worker process per core once the interactions on disk
-# reach this many MB, where the split work pays for the workers' start-up (each imports TensorFlow) -- 1.15-1.58x
-# each at 1.5M interactions (180 MB; scaling_1.5M_options.md), slower at 150k (18 MB; scaling_150k_workers.md).
-# The item-sized jobs and the CatalogEmbedder (whose TensorFlow already runs every core) keep the default above.
-# Only for the direct runner with its default args (TOWER_RECS_BEAM_PIPELINE_ARGS unset); "inf" turns it off.
-# TOWER_RECS_LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS: what those jobs get instead (default: a process per core).
-EVERY_CORE_MIN_INTERACTIONS_MB = float(env("EVERY_CORE_MIN_INTERACTIONS_MB", "64"))
+# TrainingServingSkew, AnomalyGate, Transform): once the interactions this run ingests (with spans: its span) reach
+# EVERY_CORE_MIN_INTERACTIONS_MB on disk, those get a worker process per core. Measured in one session on 2 cores
+# (benchmarks/results/scaling_interaction_cores.md): at 1.5M interactions (204 MB) 1.10-1.36x each, 342 -> 272 s for
+# the five; at 150k (18 MB) 0.33-0.58x (each worker process imports TensorFlow: ~10-28 s per job). Fitting
+# a start-up cost and a speed-up per job to the two sizes puts the break-even at 77-136 MB; hence 128. The item-sized
+# jobs and the CatalogEmbedder (whose TensorFlow already runs every core; 0.83x with two encoder processes) keep
+# the default above. Threads instead of processes (multi_threading) were slower and the AnomalyGate's job grew to
+# 23.6 GB until the OOM killer stopped it. Only for the direct runner with its default args
+# (TOWER_RECS_BEAM_PIPELINE_ARGS unset); "inf" turns it off; TOWER_RECS_LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS sets
+# what those jobs get instead of a process per core.
+EVERY_CORE_MIN_INTERACTIONS_MB = float(env("EVERY_CORE_MIN_INTERACTIONS_MB", "128"))
 LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS = env("LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS", EVERY_CORE_BEAM_PIPELINE_ARGS)
 INTERACTION_BEAM_PIPELINE_ARGS = (
     LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS.split()
     if env("BEAM_PIPELINE_ARGS") is None and beam_runners.runner_name() == "direct"
-    and beam_runners.megabytes_under(INTERACTIONS_PATH) >= EVERY_CORE_MIN_INTERACTIONS_MB else [])
+    and beam_runners.megabytes_under(_ingested_interactions(INTERACTIONS_PATH, SPAN_CONFIG))
+    >= EVERY_CORE_MIN_INTERACTIONS_MB else [])
 
 # -- Gates before Pusher (pipeline/components/retrieval_evaluator.py, serving_check.py) ------------
 # RetrievalEvaluator: full-catalogue Recall/NDCG@K against absolute minimums and the latest blessed model.

@@ -130,6 +130,23 @@ def test_interaction_sized_beam_jobs_use_every_core_only_for_large_data(tmp_path
             options = _merged_beam_options(large, node)
             assert (options.direct_running_mode, options.direct_num_workers) == ("in_memory", 1), node
 
+        # Spans: the size that counts is the span this run ingests, not the whole history.
+        from data.prepare import write_contract
+        from data.sample import generate
+        from pipeline.beam_runners import megabytes_under
+
+        spanned_dir = str(tmp_path / "spanned")
+        write_contract(*generate(n_users=40, n_items=200, n_interactions=3000, seed=3), spanned_dir, spans=3)
+        history = megabytes_under(os.path.join(spanned_dir, contract.INTERACTIONS_DIR))
+        latest = megabytes_under(os.path.join(spanned_dir, contract.INTERACTIONS_DIR, "span-3"))
+        assert latest < history
+        between = f"{(latest + history) / 2:.6f}"
+        monkeypatch.setenv("TOWER_RECS_DATA", spanned_dir)
+        built(EVERY_CORE_MIN_INTERACTIONS_MB=between)
+        assert configs.INTERACTION_BEAM_PIPELINE_ARGS == []
+        built(EVERY_CORE_MIN_INTERACTIONS_MB=f"{latest * 0.9:.6f}")
+        assert configs.INTERACTION_BEAM_PIPELINE_ARGS == configs.EVERY_CORE_BEAM_PIPELINE_ARGS.split()
+
         # Beam args the user chose apply to every component as given; so does a cluster runner's.
         monkeypatch.setenv("TOWER_RECS_BEAM_PIPELINE_ARGS", "--direct_num_workers=3")
         chosen = built()
