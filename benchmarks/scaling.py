@@ -65,9 +65,10 @@ TWO_EPOCHS_BF16_SETTINGS = dict(BF16_SETTINGS, TOWER_RECS_MODEL_EPOCHS="2")
 # The rule that gives the interaction-sized Beam jobs every core above a data size (pipeline/configs.py), forced
 # off (the single in-process worker everywhere, the default before it) and forced on.
 ONE_WORKER_SETTINGS = {"TOWER_RECS_EVERY_CORE_MIN_INTERACTIONS_MB": "inf"}
-INTERACTION_CORES_SETTINGS = {"TOWER_RECS_EVERY_CORE_MIN_INTERACTIONS_MB": "0"}
+INTERACTION_CORES_SETTINGS = {"TOWER_RECS_EVERY_CORE_MIN_INTERACTIONS_MB": "0",
+                              "TOWER_RECS_EVERY_CORE_MAX_INTERACTIONS_MB": "inf"}
 # The same jobs on one thread per core in the pipeline's process (no worker processes to start or to hold memory).
-INTERACTION_THREADS_SETTINGS = {"TOWER_RECS_EVERY_CORE_MIN_INTERACTIONS_MB": "0",
+INTERACTION_THREADS_SETTINGS = {**INTERACTION_CORES_SETTINGS,
                                 "TOWER_RECS_LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS":
                                     "--direct_running_mode=multi_threading --direct_num_workers=0"}
 # Runs that change only where Beam runs: compared with `first` per Beam component.
@@ -264,12 +265,17 @@ def beam_placement(data: str, beam_args: Optional[str], env: dict) -> str:
         return f"every component: {beam_args}"
     from pipeline import beam_runners, configs
 
-    threshold = float(env.get("TOWER_RECS_EVERY_CORE_MIN_INTERACTIONS_MB", configs.EVERY_CORE_MIN_INTERACTIONS_MB))
-    size = beam_runners.megabytes_under(os.path.join(data, "interactions"))
-    if size >= threshold:
+    low = float(env.get("TOWER_RECS_EVERY_CORE_MIN_INTERACTIONS_MB", configs.EVERY_CORE_MIN_INTERACTIONS_MB))
+    high = float(env.get("TOWER_RECS_EVERY_CORE_MAX_INTERACTIONS_MB", configs.EVERY_CORE_MAX_INTERACTIONS_MB))
+    from pipeline.components.span_config import SpanConfig
+
+    ingested = configs.ingested_interactions(os.path.join(data, "interactions"),
+                                             SpanConfig(pin=int(env.get("TOWER_RECS_SPAN_PIN", "0"))))
+    size = beam_runners.megabytes_under(ingested)
+    if low <= size <= high:
         args = env.get("TOWER_RECS_LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS", configs.LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS)
-        return f"interaction-sized jobs with {args} ({size:.0f} MB >= {threshold:g} MB), the rest one worker"
-    return f"one in-process worker ({size:.0f} MB < {threshold:g} MB)"
+        return f"interaction-sized jobs with {args} ({low:g} <= {size:.0f} <= {high:g} MB), the rest one worker"
+    return f"one in-process worker ({size:.0f} MB outside {low:g}-{high:g} MB)"
 
 
 def evaluation_result(output: str) -> Optional[dict]:

@@ -46,7 +46,7 @@ def _abs(path: str) -> str:
     return path if "://" in path else os.path.abspath(os.path.join(PROJECT_DIR, path))
 
 
-def _ingested_interactions(interactions_path: str, span_config: SpanConfig) -> str:
+def ingested_interactions(interactions_path: str, span_config: SpanConfig) -> str:
     """The folder this run's InteractionExampleGen reads: with spans the pinned or the latest `span-<N>` (a daily
     run ingests one small span of a large history), else the whole interactions folder."""
     import tensorflow as tf  # gfile: local paths and gs:// alike
@@ -129,16 +129,22 @@ BEAM_PIPELINE_ARGS = beam_runners.beam_pipeline_args(default_args=BEAM_PIPELINE_
 # a start-up cost and a speed-up per job to the two sizes puts the break-even at 77-136 MB; hence 128. The item-sized
 # jobs and the CatalogEmbedder (whose TensorFlow already runs every core; 0.83x with two encoder processes) keep
 # the default above. Threads instead of processes (multi_threading) were slower and the AnomalyGate's job grew to
-# 23.6 GB until the OOM killer stopped it. Only for the direct runner with its default args
-# (TOWER_RECS_BEAM_PIPELINE_ARGS unset); "inf" turns it off; TOWER_RECS_LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS sets
-# what those jobs get instead of a process per core.
+# 23.6 GB until the OOM killer stopped it. Up to EVERY_CORE_MAX_INTERACTIONS_MB only: ExampleGen's shuffle holds a
+# whole split in the DirectRunner's memory (one worker: 3.3 GB at 204 MB, 7.2 GB at 809 MB / 5M), and worker
+# processes add their own heaps (+2.3 GB at 204 MB); at 5M the tree passed 8.9 GB inside ExampleGen (stopped;
+# scaling_5M_interaction_cores_rss.csv), over the 8 GB this project budgets. The two sizes' line puts that
+# budget at ~600 MB; 384 leaves room. Data past it wants more memory or a cluster runner (TOWER_RECS_BEAM_RUNNER).
+# Only for the direct runner with its default args (TOWER_RECS_BEAM_PIPELINE_ARGS unset); a minimum of "inf" turns
+# it off; TOWER_RECS_LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS sets what those jobs get instead of a process per core.
 EVERY_CORE_MIN_INTERACTIONS_MB = float(env("EVERY_CORE_MIN_INTERACTIONS_MB", "128"))
+EVERY_CORE_MAX_INTERACTIONS_MB = float(env("EVERY_CORE_MAX_INTERACTIONS_MB", "384"))
 LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS = env("LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS", EVERY_CORE_BEAM_PIPELINE_ARGS)
 INTERACTION_BEAM_PIPELINE_ARGS = (
     LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS.split()
     if env("BEAM_PIPELINE_ARGS") is None and beam_runners.runner_name() == "direct"
-    and beam_runners.megabytes_under(_ingested_interactions(INTERACTIONS_PATH, SPAN_CONFIG))
-    >= EVERY_CORE_MIN_INTERACTIONS_MB else [])
+    and EVERY_CORE_MIN_INTERACTIONS_MB
+    <= beam_runners.megabytes_under(ingested_interactions(INTERACTIONS_PATH, SPAN_CONFIG))
+    <= EVERY_CORE_MAX_INTERACTIONS_MB else [])
 
 # -- Gates before Pusher (pipeline/components/retrieval_evaluator.py, serving_check.py) ------------
 # RetrievalEvaluator: full-catalogue Recall/NDCG@K against absolute minimums and the latest blessed model.

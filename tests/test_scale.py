@@ -97,7 +97,7 @@ def _merged_beam_options(pipeline, node_id):
     return PipelineOptions(component.executor_spec.beam_pipeline_args).view_as(DirectOptions)
 
 
-def test_interaction_sized_beam_jobs_use_every_core_only_for_large_data(tmp_path, monkeypatch):
+def test_interaction_sized_beam_jobs_use_every_core_only_in_the_measured_size_window(tmp_path, monkeypatch):
     import importlib
 
     from pipeline import configs
@@ -146,13 +146,16 @@ def test_interaction_sized_beam_jobs_use_every_core_only_for_large_data(tmp_path
         assert configs.INTERACTION_BEAM_PIPELINE_ARGS == []
         built(EVERY_CORE_MIN_INTERACTIONS_MB=f"{latest * 0.9:.6f}")
         assert configs.INTERACTION_BEAM_PIPELINE_ARGS == configs.EVERY_CORE_BEAM_PIPELINE_ARGS.split()
+        # Past the maximum (memory: worker heaps on top of the in-memory shuffle) one worker again.
+        built(EVERY_CORE_MAX_INTERACTIONS_MB=f"{latest * 0.95:.6f}")
+        assert configs.INTERACTION_BEAM_PIPELINE_ARGS == []
 
         # Beam args the user chose apply to every component as given; so does a cluster runner's.
         monkeypatch.setenv("TOWER_RECS_BEAM_PIPELINE_ARGS", "--direct_num_workers=3")
         chosen = built()
         assert _merged_beam_options(chosen, "Transform").direct_num_workers == 3
     finally:
-        for name in ("DATA", "EVERY_CORE_MIN_INTERACTIONS_MB", "BEAM_PIPELINE_ARGS"):
+        for name in ("DATA", "EVERY_CORE_MIN_INTERACTIONS_MB", "EVERY_CORE_MAX_INTERACTIONS_MB", "BEAM_PIPELINE_ARGS"):
             monkeypatch.delenv(f"TOWER_RECS_{name}", raising=False)
         importlib.reload(configs)
 
