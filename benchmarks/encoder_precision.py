@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from benchmarks.machine import cpu_description
 from encoder.precision import cpu_has_native_bfloat16
 from encoder.text_embedding import encode_texts
 
@@ -61,7 +62,8 @@ def compare(pre: str, enc: str, texts: list[str], rounds: int) -> dict:
 def write_markdown(result: dict, path: str) -> None:
     lines = ["# Catalogue embedding precision (`python -m benchmarks.encoder_precision`)", "",
              f"MiniLM through `encode_texts` (the CatalogEmbedder's path), {result['rounds']} alternating runs of "
-             f"each precision, median. CPU native bfloat16: {result['machine']['native_bfloat16']}; "
+             f"each precision, median. CPU: {result['machine'].get('cpu', 'not recorded')}, native bfloat16: "
+             f"{result['machine']['native_bfloat16']}; "
              f"{result['machine']['cpus']} CPUs; load average {result['machine']['loadavg_1m'][0]:.1f} -> "
              f"{result['machine']['loadavg_1m'][1]:.1f}.", "",
              "| texts | n | float32 texts/s | bfloat16 texts/s | speedup | min cosine | max abs diff |",
@@ -93,7 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sources = {name: compare(pre, enc, texts, args.rounds)
                for name, texts in source_texts(args.items or ["data/sample/items"], args.movielens, args.n).items()}
     result = {"rounds": args.rounds, "sources": sources,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "cpu": cpu_description(),
                           "native_bfloat16": cpu_has_native_bfloat16(),
                           "loadavg_1m": [load_before, os.getloadavg()[0]]}}
     os.makedirs(args.out, exist_ok=True)

@@ -4,7 +4,7 @@
 
 For each size, `data.sample` writes synthetic data (catalogue growing with it), then the pipeline runs
 exactly as `make run` runs it (`tfx pipeline create|update` + `tfx run create --engine local`, settings
-from the environment) in these runs (by default all but the last two):
+from the environment) in these runs (by default the first five):
   first     a fresh pipeline root (no cache), the pipeline's default Beam settings (one in-process worker);
   rerun     the same pipeline after 1% new interactions on 1% new items (`--skip-rerun` to skip);
   daily-first, daily-rerun
@@ -46,6 +46,8 @@ import threading
 import time
 from typing import Optional, Sequence
 
+from benchmarks.machine import cpu_description
+
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK_DIR = os.path.join(PROJECT_DIR, "outputs", "scaling")
 
@@ -55,7 +57,7 @@ SIZES = {
     "1.5M": (30_000, 60_000, 1_500_000),
     "5M": (60_000, 300_000, 5_000_000),
 }
-# first/rerun run `make run`'s settings (None: the environment's, i.e. the pipeline default of one worker).
+# first/rerun run `make run`'s settings (None: the environment's, i.e. the pipeline's default Beam placement).
 EVERY_CORE_ARGS = "--direct_running_mode=multi_processing --direct_num_workers=0"
 RUNS = ("first", "rerun", "daily-first", "daily-rerun", "allcores", "one-worker", "interaction-cores",
         "interaction-threads", "bf16-embedding", "two-epochs-bf16")
@@ -264,11 +266,10 @@ def beam_placement(data: str, beam_args: Optional[str], env: dict) -> str:
     if beam_args:
         return f"every component: {beam_args}"
     from pipeline import beam_runners, configs
+    from pipeline.components.span_config import SpanConfig
 
     low = float(env.get("TOWER_RECS_EVERY_CORE_MIN_INTERACTIONS_MB", configs.EVERY_CORE_MIN_INTERACTIONS_MB))
     high = float(env.get("TOWER_RECS_EVERY_CORE_MAX_INTERACTIONS_MB", configs.EVERY_CORE_MAX_INTERACTIONS_MB))
-    from pipeline.components.span_config import SpanConfig
-
     ingested = configs.ingested_interactions(os.path.join(data, "interactions"),
                                              SpanConfig(pin=int(env.get("TOWER_RECS_SPAN_PIN", "0"))))
     size = beam_runners.megabytes_under(ingested)
@@ -416,7 +417,8 @@ def write_markdown(results: dict, path: str) -> None:
                     lines.append(f"| {node} | {_rows(node, rows) / base:,.0f} | {_rows(node, rows) / other:,.0f} | "
                                  f"{base / other:.2f}x |")
             base, other = (runs[r]["wall_seconds"] for r in ("first", variant))
-            lines.append(f"| **whole run** (s) | {base:,.0f} | {other:,.0f} | {base / other:.2f}x |")
+            if base and other:    # a stopped run has no whole-run time
+                lines.append(f"| **whole run** (s) | {base:,.0f} | {other:,.0f} | {base / other:.2f}x |")
         if "first" in runs and "bf16-embedding" in runs:
             full, reduced = (runs[r]["components"].get("CatalogEmbedder", {}).get("seconds")
                              for r in ("first", "bf16-embedding"))
@@ -496,7 +498,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if os.path.exists(json_path):
         with open(json_path) as f:
             results = json.load(f)
-    results["machine"] = f"{os.cpu_count()} cores"
+    results["machine"] = f"{os.cpu_count()} cores, {cpu_description()}"
     for size in sizes:
         make_data(size)
         entry = results["sizes"].setdefault(size, {"rows": count_rows(data_dir(size)), "runs": {}})
