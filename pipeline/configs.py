@@ -62,6 +62,18 @@ def ingested_interactions(interactions_path: str, span_config: SpanConfig) -> st
     return numbers.get(span_config.pin, latest) if span_config.pin else latest
 
 
+def _megabytes(name: str, default: str) -> float:
+    """A size setting in MB: a number >= 0 or "inf"; anything else is an error naming the variable."""
+    text = env(name, default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:    # also NaN
+        raise ValueError(f"TOWER_RECS_{name}={text!r}: expected a size in MB (a number >= 0, or inf)")
+    return value
+
+
 _reject_renamed()
 PIPELINE_NAME = env("PIPELINE_NAME", "tower-recs")
 # The served model's name (TF Serving's model_name): a pipeline setting, not a ModelConfig field.
@@ -136,8 +148,8 @@ BEAM_PIPELINE_ARGS = beam_runners.beam_pipeline_args(default_args=BEAM_PIPELINE_
 # budget at ~600 MB; 384 leaves room. Data past it wants more memory or a cluster runner (TOWER_RECS_BEAM_RUNNER).
 # Only for the direct runner with its default args (TOWER_RECS_BEAM_PIPELINE_ARGS unset); a minimum of "inf" turns
 # it off; TOWER_RECS_LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS sets what those jobs get instead of a process per core.
-EVERY_CORE_MIN_INTERACTIONS_MB = float(env("EVERY_CORE_MIN_INTERACTIONS_MB", "128"))
-EVERY_CORE_MAX_INTERACTIONS_MB = float(env("EVERY_CORE_MAX_INTERACTIONS_MB", "384"))
+EVERY_CORE_MIN_INTERACTIONS_MB = _megabytes("EVERY_CORE_MIN_INTERACTIONS_MB", "128")
+EVERY_CORE_MAX_INTERACTIONS_MB = _megabytes("EVERY_CORE_MAX_INTERACTIONS_MB", "384")
 LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS = env("LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS", EVERY_CORE_BEAM_PIPELINE_ARGS)
 INTERACTION_BEAM_PIPELINE_ARGS = (
     LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS.split()

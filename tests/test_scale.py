@@ -150,6 +150,12 @@ def test_interaction_sized_beam_jobs_use_every_core_only_in_the_measured_size_wi
         built(EVERY_CORE_MAX_INTERACTIONS_MB=f"{latest * 0.95:.6f}")
         assert configs.INTERACTION_BEAM_PIPELINE_ARGS == []
 
+        # A malformed bound names its variable.
+        for bad in ("lots", "-1", "nan"):
+            with pytest.raises(ValueError, match=f"TOWER_RECS_EVERY_CORE_MAX_INTERACTIONS_MB={bad!r}: expected a size"):
+                built(EVERY_CORE_MAX_INTERACTIONS_MB=bad)
+        monkeypatch.delenv("TOWER_RECS_EVERY_CORE_MAX_INTERACTIONS_MB")
+
         # Beam args the user chose apply to every component as given; so does a cluster runner's.
         monkeypatch.setenv("TOWER_RECS_BEAM_PIPELINE_ARGS", "--direct_num_workers=3")
         chosen = built()
