@@ -196,9 +196,9 @@ class ModelConfig:
     encoder_output_key: str = "sentence_embedding"
     train_encoder: bool = False      # frozen: text embedded once per distinct item
     # Precision of the catalogue's batch embedding (CatalogEmbedder, or the Trainer without it): "bfloat16" runs
-    # the frozen encoder's matmuls in bfloat16 on CPU for those calls only (encoder/precision.py): 1.4-1.5x the
-    # texts/s on a CPU with native bfloat16 (AVX512_BF16/AMX; emulated and slower elsewhere), each vector within
-    # cosine 0.9998 of float32 (benchmarks/results/encoder_precision.md). float32 by default: the served graph
+    # the frozen encoder's matmuls in bfloat16 on CPU for those calls only (encoder/precision.py): 1.48-1.56x the
+    # texts/s on the earlier machine's CPU, 1.28-1.34x on an AMD EPYC (both with native bfloat16; emulated and slower
+    # elsewhere), each vector within cosine 0.9998 of float32 (benchmarks/results/encoder_precision*.md). float32 by default: the served graph
     # embeds new items in float32, and TF Serving's CPU build is not guaranteed the pass.
     catalogue_embedding_precision: str = "float32"
     text_seq_length: int = 64        # tokens kept per item text when the encoder runs in the graph
