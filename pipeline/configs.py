@@ -136,18 +136,19 @@ BEAM_PIPELINE_ARGS = beam_runners.beam_pipeline_args(default_args=BEAM_PIPELINE_
 # Except for the Beam components that read every interaction (InteractionExampleGen, InteractionStatisticsGen,
 # TrainingServingSkew, AnomalyGate, Transform): once the interactions this run ingests (with spans: its span) reach
 # EVERY_CORE_MIN_INTERACTIONS_MB on disk, those get a worker process per core. Measured in one session on 2 cores
-# (benchmarks/results/scaling_interaction_cores.md): at 1.5M interactions (204 MB) 1.10-1.36x each, 342 -> 272 s for
-# the five; at 150k (18 MB) 0.33-0.58x (each worker process imports TensorFlow: ~10-28 s per job). Fitting
-# a start-up cost and a speed-up per job to the two sizes puts the break-even at 77-136 MB; hence 128. The item-sized
-# jobs and the CatalogEmbedder (whose TensorFlow already runs every core; 0.83x with two encoder processes) keep
-# the default above. Threads instead of processes (multi_threading) were slower and the AnomalyGate's job grew to
-# 23.6 GB until the OOM killer stopped it. Up to EVERY_CORE_MAX_INTERACTIONS_MB only: ExampleGen's shuffle holds a
-# whole split in the DirectRunner's memory (one worker: 3.3 GB at 204 MB, 7.2 GB at 809 MB / 5M), and worker
-# processes add their own heaps (+2.3 GB at 204 MB); at 5M the tree passed 8.9 GB inside ExampleGen (stopped;
-# scaling_5M_interaction_cores_rss.csv), over the 8 GB this project budgets. The two sizes' line puts that
-# budget at ~600 MB; 384 leaves room. Data past it wants more memory or a cluster runner (TOWER_RECS_BEAM_RUNNER).
-# Only for the direct runner with its default args (TOWER_RECS_BEAM_PIPELINE_ARGS unset); a minimum of "inf" turns
-# it off; TOWER_RECS_LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS sets what those jobs get instead of a process per core.
+# (benchmarks/results/scaling_interaction_cores.md): at 1.5M interactions (204 MB) 1.24-1.60x each, 347 -> 253 s for
+# the five (two runs each); at 150k (18 MB) 0.33-0.58x (each worker process imports TensorFlow: ~9-29 s per job).
+# Fitting a start-up cost and a speed-up per job to the two sizes puts the break-even at 78-115 MB; hence 128. The
+# item-sized jobs and the CatalogEmbedder (whose TensorFlow already runs every core; 0.83x with two encoder
+# processes) keep the default above. Threads instead of processes (multi_threading) were slower and the
+# AnomalyGate's job grew to 23.6 GB until the OOM killer stopped it. Up to EVERY_CORE_MAX_INTERACTIONS_MB only:
+# ExampleGen's shuffle holds a whole split in the DirectRunner's memory (one worker: 3.3 GB at 204 MB, 7.2 GB at 809
+# MB / 5M), and worker processes add their own heaps (+2.3 GB at 204 MB); at 5M the tree passed 8.9 GB inside
+# ExampleGen (stopped; scaling_5M_interaction_cores_rss.csv), over the 8 GB this project budgets. The two sizes'
+# line puts that budget at ~600 MB; 384 leaves room. Data past it wants more memory or a cluster runner
+# (TOWER_RECS_BEAM_RUNNER). Only for the direct runner with its default args (TOWER_RECS_BEAM_PIPELINE_ARGS unset);
+# a minimum of "inf" turns it off; TOWER_RECS_LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS sets what those jobs get instead
+# of a process per core.
 EVERY_CORE_MIN_INTERACTIONS_MB = _megabytes("EVERY_CORE_MIN_INTERACTIONS_MB", "128")
 EVERY_CORE_MAX_INTERACTIONS_MB = _megabytes("EVERY_CORE_MAX_INTERACTIONS_MB", "384")
 LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS = env("LARGE_INTERACTIONS_BEAM_PIPELINE_ARGS", EVERY_CORE_BEAM_PIPELINE_ARGS)
