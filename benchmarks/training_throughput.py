@@ -81,13 +81,10 @@ def measure_two_tower(cfg: ModelConfig, train: dict[str, np.ndarray], text_table
 
 def write_transformed(train: dict[str, np.ndarray], directory: str):
     """`train` as the Transform component writes it (gzipped tf.Examples) + fn_args / tft_output stand-ins
-    carrying TFX's real data accessor over those files, for `trainer.run_fn.training_input`."""
+    (the split patterns TFX passes, the transformed schema), for `trainer.run_fn.training_input`."""
     import types
 
     from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
-    from tfx.components.trainer import fn_args_utils
-    from tfx.components.util import tfxio_utils
-    from tfx.types import standard_artifacts
 
     split_dir = os.path.join(directory, "Split-train")
     os.makedirs(split_dir, exist_ok=True)
@@ -103,14 +100,8 @@ def write_transformed(train: dict[str, np.ndarray], directory: str):
     spec = {contract.USER_INDEX: tf.io.FixedLenFeature([], tf.int64),
             contract.ITEM_INDEX: tf.io.FixedLenFeature([], tf.int64),
             contract.HISTORY_INDEX: tf.io.FixedLenFeature([contract.HISTORY_LENGTH], tf.int64)}
-    examples = standard_artifacts.Examples()
-    examples.uri = directory
-    examples.split_names = '["train"]'
-    accessor = fn_args_utils.DataAccessor(
-        tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact([examples], []),
-        record_batch_factory=None, data_view_decode_fn=None)
     pattern = os.path.join(split_dir, "*")  # what TFX passes as train_files
-    fn_args = types.SimpleNamespace(train_files=[pattern], eval_files=[pattern], data_accessor=accessor)
+    fn_args = types.SimpleNamespace(train_files=[pattern], eval_files=[pattern])
     tft_output = types.SimpleNamespace(
         transformed_metadata=dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec)))
     return fn_args, tft_output

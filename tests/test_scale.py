@@ -168,54 +168,47 @@ def test_interaction_sized_beam_jobs_use_every_core_only_in_the_measured_size_wi
 
 # -- streamed trainer input -------------------------------------------------------------------------------
 def _transformed_examples(tmp_path, n, num_items):
-    """Hand-written Transform-output files (gzipped tf.Examples of the three index features) + its schema."""
+    """Hand-written Transform-output files (two files of gzipped tf.Examples of the three index features) + its
+    schema."""
     import tensorflow as tf
     from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
-    from tfx.types import standard_artifacts
 
     rng = np.random.default_rng(0)
     items = rng.integers(0, num_items, n)
     history = rng.integers(-1, num_items, (n, contract.HISTORY_LENGTH))
     split_dir = tmp_path / "transformed" / "Split-train"
     split_dir.mkdir(parents=True)
-    with tf.io.TFRecordWriter(str(split_dir / "data.gz"), options="GZIP") as writer:
-        for i in range(n):
-            writer.write(tf.train.Example(features=tf.train.Features(feature={
-                contract.USER_INDEX: tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 7])),
-                contract.ITEM_INDEX: tf.train.Feature(int64_list=tf.train.Int64List(value=[items[i]])),
-                contract.HISTORY_INDEX: tf.train.Feature(int64_list=tf.train.Int64List(value=history[i])),
-            })).SerializeToString())
+    for part, rows in enumerate((range(n // 2), range(n // 2, n))):
+        with tf.io.TFRecordWriter(str(split_dir / f"data-{part}.gz"), options="GZIP") as writer:
+            for i in rows:
+                writer.write(tf.train.Example(features=tf.train.Features(feature={
+                    contract.USER_INDEX: tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 7])),
+                    contract.ITEM_INDEX: tf.train.Feature(int64_list=tf.train.Int64List(value=[items[i]])),
+                    contract.HISTORY_INDEX: tf.train.Feature(int64_list=tf.train.Int64List(value=history[i])),
+                })).SerializeToString())
     spec = {contract.USER_INDEX: tf.io.FixedLenFeature([], tf.int64),
             contract.ITEM_INDEX: tf.io.FixedLenFeature([], tf.int64),
             contract.HISTORY_INDEX: tf.io.FixedLenFeature([contract.HISTORY_LENGTH], tf.int64)}
     metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
-    examples = standard_artifacts.Examples()
-    examples.uri = str(tmp_path / "transformed")
-    examples.split_names = '["train"]'
-    return examples, metadata, items
+    return str(tmp_path / "transformed"), metadata, items
 
 
 @pytest.mark.slow
 def test_training_input_streams_full_shuffled_batches_over_the_memory_budget(tmp_path):
     import types
 
-    from tfx.components.trainer import fn_args_utils
-    from tfx.components.util import tfxio_utils
-
     from trainer import run_fn
     from trainer.model_config import ModelConfig
     from trainer.train import StreamedExamples
 
     n, num_items = 1000, 50
-    examples, metadata, items = _transformed_examples(tmp_path, n, num_items)
-    files = [os.path.join(examples.uri, "Split-train", "*")]  # TFX passes split patterns
-    fn_args = types.SimpleNamespace(
-        train_files=files, eval_files=files,
-        data_accessor=fn_args_utils.DataAccessor(
-            tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact([examples], []),
-            record_batch_factory=None, data_view_decode_fn=None))
+    transformed_dir, metadata, items = _transformed_examples(tmp_path, n, num_items)
+    files = [os.path.join(transformed_dir, "Split-train", "*")]  # TFX passes split patterns
+    fn_args = types.SimpleNamespace(train_files=files, eval_files=files)
     tft_output = types.SimpleNamespace(transformed_metadata=metadata)
     assert run_fn.count_examples(files) == n
+    with pytest.raises(FileNotFoundError, match="No files match"):
+        run_fn.count_examples([str(tmp_path / "missing" / "*")])
 
     # Within the budget: the in-memory fast path, every row once.
     in_memory, _ = run_fn.training_input(fn_args, tft_output, ModelConfig(batch_size=64), num_items)
@@ -225,9 +218,9 @@ def test_training_input_streams_full_shuffled_batches_over_the_memory_budget(tmp
     assert in_memory[contract.HISTORY_INDEX].shape == (n, contract.HISTORY_LENGTH)
     # Loaded into arrays sized by the count: a wrong count is an error, never rows left unfilled.
     with pytest.raises(ValueError, match=f"hold more than the {n - 1} examples counted"):
-        run_fn.load_index_features(fn_args, tft_output, files, n - 1)
+        run_fn.load_index_features(tft_output, files, n - 1)
     with pytest.raises(ValueError, match=f"hold {n} examples, {n + 1} counted"):
-        run_fn.load_index_features(fn_args, tft_output, files, n + 1)
+        run_fn.load_index_features(tft_output, files, n + 1)
 
     # Over it (budget 0): a stream of full batches that goes on past one epoch, item counts from one pass.
     streamed, validation = run_fn.training_input(fn_args, tft_output,
