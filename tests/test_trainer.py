@@ -197,6 +197,34 @@ def test_served_weights_are_the_mean_of_the_last_epoch_ends():
         ModelConfig(average_last_epochs=0)
 
 
+def test_large_data_trains_fewer_epochs_within_max_training_examples():
+    """`epochs` passes over small data; over data whose `epochs` passes would show the model more than
+    `max_training_examples` examples, as many whole passes as fit (at least 1). Explicit steps ignore the bound;
+    a negative bound is rejected, naming the field."""
+    from trainer.train import epochs_for, train_model
+
+    assert epochs_for(ModelConfig(epochs=6, max_training_examples=4_000_000), 90_000) == 6
+    assert epochs_for(ModelConfig(epochs=6, max_training_examples=4_000_000), 1_133_341) == 3
+    assert epochs_for(ModelConfig(epochs=6, max_training_examples=4_000_000), 3_800_000) == 1
+    assert epochs_for(ModelConfig(epochs=6, max_training_examples=4_000_000), 5_000_000) == 1
+    assert epochs_for(ModelConfig(epochs=6, max_training_examples=0), 5_000_000) == 6
+
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 5, size=256)
+    train = {contract.USER_INDEX: users, contract.ITEM_INDEX: (users + rng.integers(0, 2, size=256)) % 8,
+             contract.HISTORY_INDEX: -np.ones([256, contract.HISTORY_LENGTH], np.int64)}
+    trained = {}
+    for bound, steps in ((0, 0), (600, 0), (600, 24)):
+        cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=32, epochs=3,
+                          max_training_examples=bound)
+        model = train_model(cfg, train, num_users=5, num_items=8, text_table=np.zeros([9, 4], np.float32),
+                            steps=steps, verbose=0)
+        trained[bound, steps] = (model.history.params["epochs"], model.history.params["steps"])
+    assert trained == {(0, 0): (3, 8), (600, 0): (2, 8), (600, 24): (3, 8)}
+    with pytest.raises(ValueError, match="max_training_examples=-1: must be at least 0"):
+        ModelConfig(max_training_examples=-1)
+
+
 def test_training_histories_hide_up_to_target_horizon_minus_one_of_their_most_recent_items():
     """`target_horizon=3`: in training each history loses its d most recent items, d drawn uniformly from 0-2 per
     example (the rest of the row kept in place); evaluation and serving see the whole history; 0 is rejected."""

@@ -88,6 +88,18 @@ def make_dataset(index_features: dict[str, np.ndarray], cfg: ModelConfig, shuffl
 
 
 # -- training ------------------------------------------------------------------------------------
+def epochs_for(cfg: ModelConfig, examples: int) -> int:
+    """Epochs a run over `examples` training examples trains: `cfg.epochs`, fewer (at least 1) where they would
+    show the model more than `cfg.max_training_examples` examples.
+
+        epochs_for(ModelConfig(epochs=6, max_training_examples=4_000_000), 90_000)      # 6
+        epochs_for(ModelConfig(epochs=6, max_training_examples=4_000_000), 1_133_341)   # 3
+    """
+    if cfg.max_training_examples <= 0 or examples <= 0:
+        return cfg.epochs
+    return max(1, min(cfg.epochs, cfg.max_training_examples // examples))
+
+
 def get_strategy(require_gpu: bool = False) -> tf.distribute.Strategy:
     """The strategy of `trainer/distribution.py`: multi-worker from TF_CONFIG, all local GPUs mirrored, or one device."""
     return distribution.choose_strategy(require_gpu=require_gpu)
@@ -145,7 +157,8 @@ def train_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items
 
     Args:
       cfg, train, num_users, num_items, text_table, text_encoder, item_texts: as for `build_model`.
-      steps: training steps; 0 trains `cfg.epochs` epochs over `train`.
+      steps: training steps; 0 trains `epochs_for(cfg, examples)` epochs over `train` (`cfg.epochs`, fewer on
+        data past `cfg.max_training_examples`).
       log_dir: TensorBoard log directory (None: no logs).
       validation: index features (or a finite dataset of batches) whose loss is reported after each epoch.
       verbose, callbacks: Keras `fit`'s.
@@ -164,7 +177,7 @@ def train_model(cfg: ModelConfig, train: TrainingData, num_users: int, num_items
         steps_per_epoch = min(steps, batches_per_epoch)
         epochs = max(1, -(-steps // steps_per_epoch))
     else:
-        epochs, steps_per_epoch = cfg.epochs, batches_per_epoch
+        epochs, steps_per_epoch = epochs_for(cfg, n), batches_per_epoch
     strategy = strategy or get_strategy(cfg.require_gpu)
     with strategy.scope():
         model = build_model(cfg, train, num_users, num_items, text_table, total_steps=epochs * steps_per_epoch,
