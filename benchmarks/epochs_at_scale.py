@@ -7,7 +7,8 @@
 For each epoch count it runs the Trainer's own `run_fn` on that run's artifacts (Transform output, catalogue,
 CatalogEmbedder embeddings; the bound switched off so the count is what trains), exports the serving model,
 and scores it the way the RetrievalEvaluator does (every eval user, the whole catalogue, the served signature).
-Differences to the first epoch count are paired per-user bootstraps (`benchmarks.quality.paired_bootstrap`).
+Each metric is the mean over seeds; differences to the first epoch count are paired per-user bootstraps of each
+user's metric averaged over seeds (`benchmarks.quality.paired_bootstrap`, as `make bench-quality` does).
 Writes benchmarks/results/epochs_<tag>.{md,json}. The eval split is the pipeline's validation data: the
 bound was chosen on it; ml-latest-small's quality benchmark is below the bound and so unchanged by it.
 """
@@ -72,7 +73,7 @@ def per_user_metrics(top: np.ndarray, relevant: Sequence[set]) -> dict[str, np.n
     return {m: np.array([r[m] for r in rows]) for m in METRICS}
 
 
-def run(pipeline_root: str, epoch_counts: Sequence[int], tag: str, model_overrides: Optional[dict] = None) -> dict:
+def run(pipeline_root: str, epoch_counts: Sequence[int], tag: str, seeds: Sequence[int] = (42,)) -> dict:
     from tfx.types import standard_artifacts
 
     from pipeline.components import retrieval_evaluator
@@ -89,13 +90,18 @@ def run(pipeline_root: str, epoch_counts: Sequence[int], tag: str, model_overrid
     runs: dict = {}
     with tempfile.TemporaryDirectory() as work:
         for epochs in epoch_counts:
-            seconds = train_once(pipeline_root, epochs, os.path.join(work, f"e{epochs}"), model_overrides or {})
-            top = retrieval_evaluator.recommend_all(os.path.join(work, f"e{epochs}", "Format-Serving"), data, 100)
-            per_user = per_user_metrics(top[keep], relevant)
-            runs[epochs] = {"trainer_seconds": round(seconds, 1), "per_user": per_user,
-                            **{m: float(v.mean()) for m, v in per_user.items()}}
-            print(f"{epochs} epochs: trainer {seconds:.0f} s, "
-                  + ", ".join(f"{m} {runs[epochs][m]:.4f}" for m in METRICS), flush=True)
+            seeds_seconds, seeds_per_user = [], []
+            for seed in seeds:
+                out_dir = os.path.join(work, f"e{epochs}_s{seed}")
+                seeds_seconds.append(train_once(pipeline_root, epochs, out_dir, {"seed": seed}))
+                top = retrieval_evaluator.recommend_all(os.path.join(out_dir, "Format-Serving"), data, 100)
+                seeds_per_user.append(per_user_metrics(top[keep], relevant))
+                print(f"{epochs} epochs, seed {seed}: trainer {seeds_seconds[-1]:.0f} s, "
+                      + ", ".join(f"{m} {seeds_per_user[-1][m].mean():.4f}" for m in METRICS), flush=True)
+            per_user = {m: np.mean([p[m] for p in seeds_per_user], axis=0) for m in METRICS}
+            runs[epochs] = {"trainer_seconds": round(float(np.mean(seeds_seconds)), 1), "per_user": per_user,
+                            **{m: float(v.mean()) for m, v in per_user.items()},
+                            "per_seed": {m: [round(float(p[m].mean()), 5) for p in seeds_per_user] for m in METRICS}}
     first = epoch_counts[0]
     for epochs in epoch_counts[1:]:
         runs[epochs][f"vs_{first}_epochs"] = {
@@ -104,7 +110,7 @@ def run(pipeline_root: str, epoch_counts: Sequence[int], tag: str, model_overrid
         r.pop("per_user")
     return {"tag": tag, "pipeline_root": os.path.relpath(pipeline_root), "eval_users": len(keep),
             "catalogue_size": data.catalogue_size, "machine": cpu_description(),
-            "model_overrides": model_overrides or {}, "runs": {str(e): r for e, r in runs.items()}}
+            "seeds": list(seeds), "runs": {str(e): r for e, r in runs.items()}}
 
 
 def markdown(report: dict) -> str:
@@ -113,7 +119,8 @@ def markdown(report: dict) -> str:
     lines = [f"# Epochs at scale ({report['tag']})", "",
              f"`python -m benchmarks.epochs_at_scale` on `{report['pipeline_root']}`: the Trainer's `run_fn` on that "
              f"run's artifacts, scored like the RetrievalEvaluator ({report['eval_users']:,} eval users, "
-             f"{report['catalogue_size']:,} items, the served signature). Machine: {report['machine']}.", "",
+             f"{report['catalogue_size']:,} items, the served signature); seeds {report['seeds']} (metrics: mean over "
+             f"seeds; trainer s: mean). Machine: {report['machine']}.", "",
              "| epochs | trainer s | " + " | ".join(METRICS) + f" | vs {first} epochs (paired bootstrap, 95%) |",
              "|---|---|" + "---|" * len(METRICS) + "---|"]
     for count in counts:
@@ -133,12 +140,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="a finished bench-scale run's pipeline root (…/pipeline_root/scaling-<size>)")
     parser.add_argument("--epochs", type=int, nargs="+", default=[6, 3, 2],
                         help="epoch counts to train; the first is the baseline of the paired comparisons")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43], help="training seeds per epoch count")
     parser.add_argument("--tag", required=True, help="names the result files: epochs_<tag>.{md,json}")
     parser.add_argument("--out-dir", default=RESULTS)
     args = parser.parse_args(argv)
     if any(e < 1 for e in args.epochs):
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
-    report = run(args.pipeline_root, args.epochs, args.tag)
+    report = run(args.pipeline_root, args.epochs, args.tag, args.seeds)
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, f"epochs_{args.tag}.json"), "w") as f:
         json.dump(report, f, indent=2)
