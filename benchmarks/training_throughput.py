@@ -157,7 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--examples", type=int, default=80_000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--streamed", action="store_true",
-                        help="only in-memory vs streamed input (TFRecords via the data accessor); writes "
+                        help="only in-memory vs streamed input (the Trainer's TFRecord reader); writes "
                              "training_throughput_streamed.{md,json}")
     parser.add_argument("--catalogue-sizes", type=int, nargs="+", metavar="ITEMS",
                         help="only examples/s against the catalogue size, per optimizer (ModelConfig.optimizer); "
@@ -239,7 +239,7 @@ def _main_streamed(args, base: ModelConfig, train, table, num_users: int, argv) 
                     f"{r['examples_per_s'] / runs['in_memory']['examples_per_s']:.2f} | {r['steady_epoch_s']:.1f} | "
                     f"{r['load_avg']:.1f} |")
     markdown = (f"Two-tower training throughput, in-memory vs streamed input (shuffled full batches read from "
-                f"gzipped TFRecords by TFX's data accessor), {args.examples:,} synthetic examples, "
+                f"gzipped TFRecords, read file after file and parsed in batches: `trainer.run_fn.training_input`), {args.examples:,} synthetic examples, "
                 f"{os.cpu_count()} CPUs, `python -m benchmarks.training_throughput "
                 f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n" + "\n".join(rows)
                 + "\n\nTarget: streamed >= 25,000 examples/s on 2 CPU cores (default config).\n")
