@@ -150,10 +150,10 @@ class ModelConfig:
     # A bound on the examples one run shows the model (epochs x training examples): past it a run trains
     # floor(max_training_examples / examples) epochs (at least 1) instead of `epochs`; 0 = no bound. `epochs` was
     # chosen on ml-latest-small (~90k training examples, 0.5M examples seen); on larger data the same quality is
-    # reached in fewer passes. Validation at 1.5M interactions (1.13M training examples, seed 42, all 30k eval
-    # users, paired bootstrap; benchmarks/results/epochs_1.5M.md): 3 epochs vs 6 R@50 -0.2% [-0.4, +0.0], NDCG@10
-    # +0.9% [+0.6, +1.3] in half the Trainer time; 2 epochs R@50 -0.7% [-1.0, -0.5]. 4M gives 3 epochs there, 1 at
-    # 5M, and leaves ml-latest-small and the 150k benchmark at `epochs`.
+    # reached in fewer passes. Validation at 1.5M interactions (1.13M training examples, seeds 42-43, all 30k eval
+    # users, paired bootstrap; benchmarks/results/epochs_1.5M.md): 3 epochs vs 6 R@50 +0.07% [-0.10, +0.25], NDCG@10
+    # +1.1% [+0.8, +1.4], Trainer 135 vs 224 s; 2 epochs R@50 -0.5% [-0.7, -0.4]. 4M gives 3 epochs there, 1 at 5M,
+    # and leaves ml-latest-small and the 150k benchmark at `epochs`.
     max_training_examples: int = 4_000_000
     # The served weights are the mean of the weights at the last N epoch ends (trainer/weight_averaging.py;
     # all epochs when a run trains fewer; 1 = the last epoch's weights). Also for warm-started runs
