@@ -205,16 +205,18 @@ def run_fn(fn_args) -> None:
     warm, reason = warm_start.usable(cfg, base, user_vocab, item_vocab)
     record = {"warm_started": False, "reason": reason}
     train_cfg = warm_start.training_config(cfg) if warm else cfg
-    if not fn_args.train_steps:
-        logging.info("Training %d epoch(s): %d configured, at most %d examples seen (max_training_examples)",
-                     epochs_for(train_cfg, num_examples(train)), train_cfg.epochs, train_cfg.max_training_examples)
+    # The config's epochs on this much data (explicit train steps, e.g. in tests, override them).
+    epochs = epochs_for(train_cfg, num_examples(train))
+    logging.info("Training %d epoch(s): %d configured, at most %d examples seen (max_training_examples)%s",
+                 epochs, train_cfg.epochs, train_cfg.max_training_examples,
+                 f"; {fn_args.train_steps} steps given" if fn_args.train_steps else "")
     model = train_model(train_cfg, train, len(user_vocab), len(item_vocab), text_table,
                         steps=fn_args.train_steps or 0, log_dir=fn_args.model_run_dir, validation=evaluation,
                         text_encoder=text_encoder, item_texts=item_texts, strategy=strategy,
                         text_basis=warm_start.text_basis(base) if warm else None,
                         initialize=(lambda m: record.update(warm_start.apply(m, base, user_vocab, item_vocab),
                                                             reason=reason)) if warm else None)
-    record.update(epochs=model.history.params["epochs"], learning_rate=train_cfg.learning_rate)
+    record.update(epochs=epochs, learning_rate=train_cfg.learning_rate)
     logging.info("Warm start: %s", record)
     # What it trained on, beside the TensorBoard logs (the run report reads the model run dir).
     distribution.write_devices(strategy, fn_args.model_run_dir)
