@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import tempfile
 import time
@@ -28,6 +27,7 @@ import tensorflow_text  # noqa: F401  (registers the ops of the item-text prepro
 
 from benchmarks.machine import cpu_description
 from benchmarks.quality import paired_bootstrap
+from benchmarks.training_throughput import write_results
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 METRICS = ("recall@50", "ndcg@10", "recall@100")
@@ -147,13 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if any(e < 1 for e in args.epochs):
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
     report = run(args.pipeline_root, args.epochs, args.tag, args.seeds)
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, f"epochs_{args.tag}.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    text = markdown(report)
-    with open(os.path.join(args.out_dir, f"epochs_{args.tag}.md"), "w") as f:
-        f.write(text)
-    print(text)
+    write_results(args.out_dir, f"epochs_{args.tag}", markdown(report), report)
     return 0
 
 

@@ -27,3 +27,22 @@ def test_daily_spans_are_the_old_data_then_only_the_new_one_percent(tmp_path, mo
     assert len(items) == 400 + 4                                               # 1% new items
     # History runs over the whole timeline: a new row's history may hold the user's old items.
     assert new[contract.HISTORY].str.split().map(lambda h: any(not i.startswith("n") for i in h)).any()
+
+
+def test_epochs_at_scale_reads_the_newest_artifacts_and_rejects_a_zero_epoch_count(tmp_path, capsys):
+    """`benchmarks.epochs_at_scale` (the evidence for `max_training_examples`) trains on a bench-scale run's newest
+    artifacts (the highest execution id), names a missing component output, and refuses `--epochs 0`."""
+    import pytest
+
+    from benchmarks import epochs_at_scale
+
+    for execution in ("3", "12", ".system"):
+        os.makedirs(tmp_path / "Transform" / "transform_graph" / execution)
+    assert epochs_at_scale.latest_artifact(str(tmp_path), "Transform", "transform_graph") == \
+        os.path.join(str(tmp_path), "Transform", "transform_graph", "12")
+    os.makedirs(tmp_path / "CatalogEmbedder" / "embeddings")
+    with pytest.raises(FileNotFoundError, match="No CatalogEmbedder embeddings artifact"):
+        epochs_at_scale.latest_artifact(str(tmp_path), "CatalogEmbedder", "embeddings")
+    with pytest.raises(SystemExit):
+        epochs_at_scale.main(["--pipeline-root", str(tmp_path), "--epochs", "6", "0", "--tag", "t"])
+    assert "--epochs must be at least 1, got [6, 0]" in capsys.readouterr().err
