@@ -42,13 +42,14 @@ def latest_artifact(pipeline_root: str, component: str, output: str) -> str:
     return os.path.join(parent, str(ids[0]))
 
 
-def train_once(pipeline_root: str, epochs: int, out_dir: str, model_overrides: dict) -> float:
-    """`run_fn` with `epochs` (no bound) on the run's artifacts; returns its wall seconds."""
+def train_once(pipeline_root: str, epochs: int, seed: int, out_dir: str) -> float:
+    """`run_fn` with `epochs` (no bound) and `seed` on the run's artifacts; returns its wall seconds."""
     from pipeline import configs
     from trainer import run_fn
 
     transformed = latest_artifact(pipeline_root, "Transform", "transformed_examples")
-    cfg = dataclasses.replace(configs.MODEL_CONFIG, epochs=epochs, max_training_examples=0, **model_overrides)
+    cfg = dataclasses.replace(configs.MODEL_CONFIG, epochs=epochs, seed=seed,
+                              max_training_examples=0)
     fn_args = types.SimpleNamespace(
         train_files=[os.path.join(transformed, "Split-train", "*")],
         eval_files=[os.path.join(transformed, "Split-eval", "*")],
@@ -73,7 +74,7 @@ def per_user_metrics(top: np.ndarray, relevant: Sequence[set]) -> dict[str, np.n
     return {m: np.array([r[m] for r in rows]) for m in METRICS}
 
 
-def run(pipeline_root: str, epoch_counts: Sequence[int], tag: str, seeds: Sequence[int] = (42,)) -> dict:
+def run(pipeline_root: str, epoch_counts: Sequence[int], tag: str, seeds: Sequence[int] = (42, 43)) -> dict:
     from tfx.types import standard_artifacts
 
     from pipeline.components import retrieval_evaluator
@@ -93,7 +94,7 @@ def run(pipeline_root: str, epoch_counts: Sequence[int], tag: str, seeds: Sequen
             seeds_seconds, seeds_per_user = [], []
             for seed in seeds:
                 out_dir = os.path.join(work, f"e{epochs}_s{seed}")
-                seeds_seconds.append(train_once(pipeline_root, epochs, out_dir, {"seed": seed}))
+                seeds_seconds.append(train_once(pipeline_root, epochs, seed, out_dir))
                 top = retrieval_evaluator.recommend_all(os.path.join(out_dir, "Format-Serving"), data, 100)
                 seeds_per_user.append(per_user_metrics(top[keep], relevant))
                 print(f"{epochs} epochs, seed {seed}: trainer {seeds_seconds[-1]:.0f} s, "
