@@ -208,7 +208,7 @@ def _check_warm_start_records(metadata, good_model_uri):
     for _, uri, _ in _artifacts(metadata, "ModelRun")[-2:]:
         with open(os.path.join(uri, "warm_start.json")) as f:
             records.append(json.load(f))
-    cold = {"warm_started": False, "epochs": 6, "learning_rate": ModelConfig().learning_rate}
+    cold = {"warm_started": False, "epochs": ModelConfig().epochs, "learning_rate": ModelConfig().learning_rate}
     assert records == [{**cold, "reason": "no base model with a warm-start state"},
                        {**cold, "reason": "cold start forced (warm_start=False)"}]
     assert _trainer_base_models(metadata)[-2:] == [[], [good_model_uri]]

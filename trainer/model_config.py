@@ -144,12 +144,12 @@ class ModelConfig:
     # cold R@100 0.033 vs 0.031, warm 0.432 vs 0.434: the same quality; 4.8x Adam's examples/s at 300k items
     # and 1.4x at 60k (benchmarks/results/training_throughput_catalogue.md). Chosen.
     optimizer: str = "lazy_adam"
-    # tuning/epochs.json (12-epoch validation curve): best R@50 at epoch 5, 6 within 0.006; with id_dropout
-    # 0 epoch 6 has the better NDCG@10 (tuning/id_dropout.json curve). Kept 6.
-    epochs: int = 6
+    # Chosen with `average_last_epochs` (below): the served weights average the epoch ends, so the run trains
+    # past the single-epoch peak (tuning/epochs.json: best R@50 at epoch 5 of a 12-epoch curve without averaging).
+    epochs: int = 14
     # A bound on the examples one run shows the model (epochs x training examples): past it a run trains
     # floor(max_training_examples / examples) epochs (at least 1) instead of `epochs`; 0 = no bound. `epochs` was
-    # chosen on ml-latest-small (~90k training examples, 0.5M examples seen); on larger data the same quality is
+    # chosen on ml-latest-small (~90k training examples, 1.3M examples seen); on larger data the same quality is
     # reached in fewer passes. Validation at 1.5M interactions (1.13M training examples, seeds 42-43, all 30k eval
     # users, paired bootstrap; benchmarks/results/epochs_1.5M.md): 3 epochs vs 6 R@50 +0.07% [-0.10, +0.25], NDCG@10
     # +1.1% [+0.8, +1.4], Trainer 135 vs 224 s; 2 epochs R@50 -0.5% [-0.7, -0.4]. 4M gives 3 epochs there, 1 at 5M,
@@ -159,10 +159,14 @@ class ModelConfig:
     # all epochs when a run trains fewer; 1 = the last epoch's weights). Also for warm-started runs
     # (benchmarks/results/warm_start_averaged.md: warm/cold time 0.32, warm R@50 +0.026 over cold). Validation,
     # seeds 42-44 (tuning/avg_s4{2,3,4}_average_last_epochs.json), N -> mean R@50 / NDCG@10 / warm R@50, lowest
-    # cold/warm R@100: 1 0.3222 / 0.1734 / 0.3002, 0.54x; 2 0.3277 / 0.1760 / 0.3030, 0.57x; 3 0.3281 / 0.1755 /
-    # 0.3051, 0.54x; 4 0.3251 / 0.1719 / 0.3058, 0.54x. Chose 3 (best mean R@50, two of three seeds' pick): no
-    # extra training, one weight copy per averaged epoch.
-    average_last_epochs: int = 3
+    # cold/warm R@100, at 6 epochs: 1 0.3222 / 0.1734 / 0.3002, 0.54x; 2 0.3277 / 0.1760 / 0.3030, 0.57x; 3 0.3281 /
+    # 0.1755 / 0.3051, 0.54x; 4 0.3251 / 0.1719 / 0.3058, 0.54x. Once `max_training_examples` bounded the epochs of
+    # large data, more epochs cost ml-latest-small seconds only (tuning/ep{8,10,14}_s4*_average_last_epochs.json,
+    # epochs/N): 8/4 0.3312 / 0.1763 / 0.3139, 0.52x; 10/3 0.3270 / 0.1732 / 0.3086, 0.55x; 10/5 0.3314 / 0.1763 /
+    # 0.3126, 0.53x; 10/7 0.3333 / 0.1769 / 0.3174, 0.52x; 14/7 0.3273 / 0.1723 / 0.3047, 0.58x; 14/10 0.3317 /
+    # 0.1769 / 0.3115, 0.55x; 14/13 0.3333 / 0.1789 / 0.3147, 0.52x. 14/13 and 10/7 tie on R@50 (0.3333); the rule's
+    # next criterion, NDCG@10, chose 14/13: every epoch end but the first. One float32 copy of the weights whatever N.
+    average_last_epochs: int = 13
     seed: int = 42
     # Warm start (trainer/warm_start.py): the Trainer starts from the latest blessed model's weights (rows
     # of ids in both vocabularies carried, new ids initialised as usual) and then trains
