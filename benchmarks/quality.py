@@ -515,8 +515,8 @@ def id_only(cfg: ModelConfig) -> ModelConfig:
     known items is kept). It trains on next-item targets (`target_horizon` 1), its own validation pick: warm R@50
     0.3122 vs 0.3084 at 3, all items 0.3026 vs 0.3018 (tuning/horizon_id_only_s4*_target_horizon.json). The
     default's epochs and averaging (14, the last 13) are also better for it than the 6 / last 3 before them:
-    warm R@50 0.3158 vs 0.3122, all items 0.3072 vs 0.3026 (tuning/idonly_ep*; 10 / last 3 or 7: warm 0.3163 /
-    0.3160, all 0.3085 / 0.3095, the same within seeds)."""
+    warm R@50 0.3158 vs 0.3122, all items 0.3072 vs 0.3026, NDCG@10 0.1689 vs 0.1590 (tuning/idonly_ep*; 10 / last
+    3 or 7: warm 0.3163 / 0.3160, all 0.3085 / 0.3095, the same within seeds)."""
     return dataclasses.replace(cfg, id_from_text=False, new_item_popularity=0.0, new_item_text_popularity=0.0,
                                target_horizon=1)
 
