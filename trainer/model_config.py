@@ -107,7 +107,9 @@ class ModelConfig:
     # (the rule's pick sits at the cold bound: its worst seed has 0.004 to spare). The first grid, before averaging
     # (tuning/textpop_q*__new_item_text_popularity.json), showed why the text is read: at the old default's
     # cold/warm (0.95 / 0: 0.65x, warm 0.2835), 0.8 / 2.5 gives 0.65x with warm 0.2937 and cold R@100 0.2625 vs
-    # 0.2553 -- reading the text moves the trade-off itself, not only along it.
+    # 0.2553 -- reading the text moves the trade-off itself, not only along it. Re-checked at 14 epochs averaging
+    # the last 13 (tuning/ep14_textpop_q*, ep14_s4*): 0.7 / 2 0.3203, 0.47x; 0.65 / 2.5 0.3185, 0.49x; 0.65 / 3
+    # 0.3124, >= 0.54x; 0.7 / 3 0.3084, >= 0.59x; 0.7 / 2.5 0.3147, >= 0.52x -> kept.
     new_item_popularity: float = 0.7
     new_item_text_popularity: float = 2.5
     # Probability of replacing a user's id with the OOV id in training, so new users get a useful vector.
