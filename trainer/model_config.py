@@ -159,7 +159,8 @@ class ModelConfig:
     max_training_examples: int = 4_000_000
     # The served weights are the mean of the weights at the last N epoch ends (trainer/weight_averaging.py;
     # all epochs when a run trains fewer; 1 = the last epoch's weights). Also for warm-started runs
-    # (benchmarks/results/warm_start_averaged.md: warm/cold time 0.32, warm R@50 +0.026 over cold). Validation,
+    # (benchmarks/results/warm_start_averaged.md: warm/cold time 0.32, warm R@50 +0.026 over cold; at 14 / 13 with
+    # the warm retrain's 6 epochs all averaged, warm_start_epochs14.md: 0.08, +0.017 [+0.001, +0.035]). Validation,
     # seeds 42-44 (tuning/avg_s4{2,3,4}_average_last_epochs.json), N -> mean R@50 / NDCG@10 / warm R@50, lowest
     # cold/warm R@100, at 6 epochs: 1 0.3222 / 0.1734 / 0.3002, 0.54x; 2 0.3277 / 0.1760 / 0.3030, 0.57x; 3 0.3281 /
     # 0.1755 / 0.3051, 0.54x; 4 0.3251 / 0.1719 / 0.3058, 0.54x. Once `max_training_examples` bounded the epochs of
