@@ -239,7 +239,8 @@ def _main_streamed(args, base: ModelConfig, train, table, num_users: int, argv) 
                     f"{r['examples_per_s'] / runs['in_memory']['examples_per_s']:.2f} | {r['steady_epoch_s']:.1f} | "
                     f"{r['load_avg']:.1f} |")
     markdown = (f"Two-tower training throughput, in-memory vs streamed input (shuffled full batches read from "
-                f"gzipped TFRecords, read file after file and parsed in batches: `trainer.run_fn.training_input`), {args.examples:,} synthetic examples, "
+                f"gzipped TFRecords, read file after file and parsed in batches: `trainer.run_fn.training_input`), "
+                f"{args.examples:,} synthetic examples, "
                 f"{os.cpu_count()} CPUs, `python -m benchmarks.training_throughput "
                 f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n" + "\n".join(rows)
                 + "\n\nTarget: streamed >= 25,000 examples/s on 2 CPU cores (default config).\n")
