@@ -78,15 +78,19 @@ VARIANTS = {
     # The default before the popularity prior of the served score (trainer/popularity.py).
     "TwoTower-BERT-no-popularity-prior": {"popularity_prior": "0"},
     # The default before a new item's popularity prior was read from its text: every new item at the 0.95 quantile.
-    "TwoTower-BERT-fixed-new-item-prior": {"new_item_popularity": "0.95", "new_item_text_popularity": "0"},
+    "TwoTower-BERT-fixed-new-item-prior": {"new_item_popularity": "0.95", "new_item_text_popularity": "0",
+                                           "new_item_scale": "1.0"},
     # The default before the served weights were the mean of the last epoch ends' (trainer/weight_averaging.py).
     "TwoTower-BERT-last-epoch-weights": {"average_last_epochs": "1"},
     # The default before the new-item quantile was re-chosen with averaged weights (0.75 -> 0.7).
-    "TwoTower-BERT-new-items-at-q0.75": {"new_item_popularity": "0.75"},
+    "TwoTower-BERT-new-items-at-q0.75": {"new_item_popularity": "0.75", "new_item_scale": "1.0"},
     # Training histories hide 0-2 of their most recent items (validation's pick; the test split did not confirm it).
     "TwoTower-BERT-target-horizon-3": {"target_horizon": "3"},
     # The default before more epochs were averaged (6 epochs, the last 3 epoch ends; now 14 and 13).
     "TwoTower-BERT-6-epochs-last-3": {"epochs": "6", "average_last_epochs": "3"},
+    # The default before a new item's query match was shrunk (`new_item_scale`) and its placement re-chosen with it.
+    "TwoTower-BERT-unshrunk-new-items": {"new_item_popularity": "0.7", "new_item_text_popularity": "2.5",
+                                         "new_item_scale": "1.0"},
     "TwoTower-BERT+id-dropout-curriculum": {"id_dropout_start": "0.9"},
     "TwoTower-BERT+id-dropout-0.3": {"id_dropout": "0.3"},     # the previous default: cold items first
 }

@@ -160,7 +160,10 @@ def test_serve_tf_examples_and_embedding_signatures(served):
     # The last column is the popularity prior (trainer/popularity.py): a known item's from its interactions, a
     # brand-new item's from its text alone (`new_item_text_popularity`): same text, same prior, whatever the id;
     # another text, another prior; a known item's text on a new id gets the text's prior, not the item's count's.
-    assert np.all(emb[:3, -1] != 0.0)
+    # Known items' priors are relative to a new item's assumed count, by default (`new_item_popularity` 1.0) the
+    # most-chosen item's: none is above 0, and items chosen less often are below.
+    assert ModelConfig().new_item_popularity == 1.0
+    assert np.all(emb[:3, -1] <= 0.0) and np.any(emb[:3, -1] < 0.0)
     assert emb[5, -1] == emb[3, -1] and emb[4, -1] != emb[3, -1] and emb[4, -1] != emb[0, -1]
 
     code, body = _rest(served, f"/v1/models/{MODEL}:predict", {"signature_name": "query_embedding", "inputs": {

@@ -103,12 +103,47 @@ def test_unknown_item_is_placed_by_its_text_alone(id_from_text):
     assert np.abs(other.numpy() - unknown).max() > 1e-3
 
 
+def test_neighbour_stand_in_is_the_id_of_the_trained_items_with_the_nearest_text():
+    """`stand_in_neighbours`: a new item whose text is a trained item's gets (with k = 1) exactly that item's id
+    vector as its stand-in, so it is placed like that item; k = 2 mixes in the next nearest by cosine; known items,
+    training and an item without text keep the linear map's path."""
+    cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=4, stand_in_neighbours=1)
+    model = _tiny_model(cfg)
+    text = model.item_text_embedding(tf.constant([3, 5]))
+    new = tf.constant([model.num_items] * 2)
+    np.testing.assert_allclose(model.candidate_embedding(new, text).numpy(),
+                               model.candidate_embedding(tf.constant([3, 5]), text).numpy(), atol=1e-6)
+    # Training uses the map (an id dropped in training would find itself): a different vector.
+    assert np.abs(model.candidate_embedding(new, text, training=True).numpy()
+                  - model.candidate_embedding(tf.constant([3, 5]), text).numpy()).max() > 1e-3
+    # Two neighbours: the cosine-weighted mean of item 3's id vector and its next nearest item's.
+    model2 = _tiny_model(dataclasses.replace(cfg, stand_in_neighbours=2))
+    model2.candidate_embedding(new, text)                     # builds the layers
+    table = tf.math.l2_normalize(model2.text_table[:model2.num_items], axis=-1).numpy()
+    cosine = table @ table[3]
+    order = np.argsort(-cosine)[:2]
+    weights = np.maximum(cosine[order], 0) / np.maximum(cosine[order], 0).sum()
+    rows = model2.item_embedding.embeddings.numpy()
+    stand_in = model2.neighbour_stand_in(model2.item_text_embedding(tf.constant([3])), tf.constant([True]),
+                                         tf.zeros([1, 8])).numpy()
+    np.testing.assert_allclose(stand_in[0], weights @ rows[order], atol=1e-5)
+    # A row that is not needed, or has no text (an unknown history item), keeps the fallback.
+    fallback = tf.ones([2, 8])
+    kept = model2.neighbour_stand_in(tf.concat([text[:1], tf.zeros_like(text[:1])], 0), tf.constant([False, True]),
+                                     fallback).numpy()
+    np.testing.assert_array_equal(kept, np.ones([2, 8]))
+    with pytest.raises(ValueError, match="stand_in_neighbours=-1"):
+        ModelConfig(stand_in_neighbours=-1)
+
+
 def test_index_vectors_scale_items_without_interactions_but_not_new_ones():
     """`unseen_item_scale`: a catalogue item that never had an interaction needs a better text match to rank
     (its vector is scaled); an item added after training (`new_items`, as refresh-catalogue adds them) is not."""
     from trainer.train import candidate_vectors, catalogue_index
 
-    cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=4, unseen_item_scale=0.25)
+    # new_item_scale 1: new items' own scale is the next test's.
+    cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=4, unseen_item_scale=0.25,
+                      new_item_scale=1.0)
     model = _tiny_model(cfg, num_items=3, text_dim=6)
     vocab, catalogue = ["a", "b", "c"], ["a", "idle", "b", "new", "c"]
     index = catalogue_index(vocab, catalogue)
@@ -123,6 +158,32 @@ def test_index_vectors_scale_items_without_interactions_but_not_new_ones():
                                [1, 0.25, 1, 0.25, 1], atol=1e-5)
     with pytest.raises(ValueError, match="unseen_item_scale=1.5: must be in"):
         ModelConfig(unseen_item_scale=1.5)
+
+
+def test_a_new_item_s_query_match_is_shrunk_by_new_item_scale_and_its_prior_is_not():
+    """`new_item_scale`: a new item's served vector is its tower vector times the scale, the prior column as it
+    was, in the export's `served_candidate` (what refresh-catalogue adds) as in the index; known items and
+    catalogue items without interactions (`unseen_item_scale`) are untouched."""
+    from trainer.train import candidate_vectors, catalogue_index
+
+    cfg = ModelConfig(embedding_dim=8, id_embedding_dim=8, hidden_dims=(16,), batch_size=4, unseen_item_scale=0.25,
+                      popularity_prior=0.5, new_item_text_popularity=1.0, new_item_scale=1.0)
+    vocab, catalogue = ["0", "1", "2"], ["0", "idle", "1", "new", "2"]
+    index = catalogue_index(vocab, catalogue)
+    text = np.random.default_rng(1).normal(size=[5, 6]).astype(np.float32)
+    new_items = np.array([c == "new" for c in catalogue])
+    model = _tiny_model(cfg, num_items=3, text_dim=6)
+    before = candidate_vectors(model, index, text, new_items=new_items)
+    model.cfg = dataclasses.replace(cfg, new_item_scale=0.6)          # a serving setting: the same weights
+    after = candidate_vectors(model, index, text, new_items=new_items)
+    np.testing.assert_allclose(after[3, :-1], 0.6 * before[3, :-1], atol=1e-6)
+    np.testing.assert_allclose(after[[0, 1, 2, 4]], before[[0, 1, 2, 4]], atol=1e-6)
+    np.testing.assert_allclose(after[:, -1], before[:, -1], atol=1e-6)
+    assert abs(after[3, -1]) > 1e-4                       # the new item's text-read prior, kept at full weight
+    served = model.served_candidate(tf.constant([3]), tf.constant(text[3:4])).numpy()
+    np.testing.assert_allclose(served[0], after[3], atol=1e-6)
+    with pytest.raises(ValueError, match="new_item_scale=-0.5: must be at least 0"):
+        ModelConfig(new_item_scale=-0.5)
 
 
 def test_training_logs_the_retrieval_and_content_to_id_losses_apart():

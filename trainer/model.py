@@ -124,16 +124,44 @@ class TwoTowerModel(tf.keras.Model):
 
     # -- item side -------------------------------------------------------------------------------
     def _id_part(self, item_index: tf.Tensor, training: bool = False,
-                 text: Optional[tf.Tensor] = None) -> tf.Tensor:
+                 text: Optional[tf.Tensor] = None, neighbours: bool = False) -> tf.Tensor:
         """Id embedding of each item; for unknown items (and ids dropped in training) zero, or with
-        `id_from_text` the stand-in mapped from the item's (projected-space) text `text`."""
+        `id_from_text` the stand-in mapped from the item's (projected-space) text `text` (with `neighbours`
+        and `stand_in_neighbours`, outside training: from its text's nearest trained items)."""
         known = item_index < self.num_items
         if training and max(self.cfg.id_dropout, self.cfg.id_dropout_start) > 0:
             known = tf.logical_and(known, tf.random.uniform(tf.shape(item_index)) >= self.id_dropout_rate())
         vectors = self.item_embedding(tf.minimum(item_index, self.num_items))
         if self.text_to_id is not None and text is not None:
-            return tf.where(known[..., None], vectors, tf.cast(self.text_to_id(text), tf.float32))
+            stand_in = tf.cast(self.text_to_id(text), tf.float32)
+            if neighbours and not training and self.cfg.stand_in_neighbours > 0:
+                stand_in = self.neighbour_stand_in(text, tf.logical_not(known), stand_in)
+            return tf.where(known[..., None], vectors, stand_in)
         return vectors * tf.cast(known, tf.float32)[..., None]
+
+    def neighbour_stand_in(self, text: tf.Tensor, needed: tf.Tensor, fallback: tf.Tensor) -> tf.Tensor:
+        """`fallback` [B, id dim] with each `needed` row that has a text [B, T] (reduced space) replaced by the
+        cosine-weighted mean id vector of the `stand_in_neighbours` trained items nearest to it.
+
+        Only those rows are scored against the trained items' text (a new-item batch, not the catalogue), and
+        a batch without one skips it.
+        """
+        needed = tf.logical_and(needed, tf.reduce_any(tf.not_equal(text, 0.0), axis=-1))
+        rows = tf.where(needed)                                                               # [M, 1]
+        k = min(self.cfg.stand_in_neighbours, self.num_items)
+
+        def replace():
+            unit = tf.math.l2_normalize(tf.gather_nd(tf.cast(text, tf.float32), rows), axis=-1)     # [M, T]
+            trained = tf.math.l2_normalize(self.text_table[:self.num_items], axis=-1)            # [N, T]
+            similarity, neighbour = tf.math.top_k(tf.matmul(unit, trained, transpose_b=True), k=k)
+            weights = tf.maximum(similarity, 0.0)
+            weights /= tf.maximum(tf.reduce_sum(weights, axis=-1, keepdims=True), 1e-9)
+            ids = tf.gather(self.item_embedding.embeddings, neighbour)                           # [M, k, id dim]
+            return tf.tensor_scatter_nd_update(fallback, rows, tf.einsum("mk,mkd->md", weights, ids))
+
+        if k == 0:
+            return fallback
+        return tf.cond(tf.shape(rows)[0] > 0, replace, lambda: fallback)
 
     def id_dropout_rate(self) -> tf.Tensor:
         """`id_dropout`, or with `id_dropout_start >= 0` the linear curriculum from it to `id_dropout`
@@ -170,7 +198,7 @@ class TwoTowerModel(tf.keras.Model):
         item_index = tf.cast(item_index, tf.int64)
         text_embedding = self.reduced_text(text_embedding)
         projected = tf.cast(self.text_projection(text_embedding), tf.float32)
-        id_part = self._id_part(item_index, training, self.text_for_id(text_embedding))
+        id_part = self._id_part(item_index, training, self.text_for_id(text_embedding), neighbours=True)
         vectors = self.candidate_mlp(tf.concat([id_part, projected], axis=-1))
         return tf.math.l2_normalize(tf.cast(vectors, tf.float32), axis=-1)
 
@@ -226,15 +254,18 @@ class TwoTowerModel(tf.keras.Model):
         return PopularityPrior.query_column(self.query_embedding(user_index, history_index))
 
     def served_candidate(self, item_index: tf.Tensor, text_embedding: tf.Tensor) -> tf.Tensor:
-        """[B, embedding_dim + 1]: `candidate_embedding` and the item's popularity prior (for OOV, a new item:
-        the one its text predicts, `PopularityPrior.new_item_prior`).
+        """[B, embedding_dim + 1]: `candidate_embedding` and the item's popularity prior; for OOV, a new item,
+        the vector times `new_item_scale` and the prior its text predicts (`PopularityPrior.new_item_prior`).
 
         Their dot product with `served_query` is the served score (trainer/popularity.py)."""
         item_index = tf.minimum(tf.cast(item_index, tf.int64), self.num_items)
-        prior = tf.where(item_index == self.num_items,
-                         self.popularity.new_item_prior(self.reduced_text(text_embedding)),
+        new = item_index == self.num_items
+        prior = tf.where(new, self.popularity.new_item_prior(self.reduced_text(text_embedding)),
                          tf.gather(self.item_prior, item_index))
-        return tf.concat([self.candidate_embedding(item_index, text_embedding), prior[:, None]], axis=1)
+        vectors = self.candidate_embedding(item_index, text_embedding)
+        if self.cfg.new_item_scale != 1.0:
+            vectors *= tf.where(new, self.cfg.new_item_scale, 1.0)[:, None]
+        return tf.concat([vectors, prior[:, None]], axis=1)
 
     def sequence_summary(self, history_index: tf.Tensor, training: bool = False) -> tf.Tensor:
         """[B, id_embedding_dim]: the causal self-attention output at the most recent history item."""

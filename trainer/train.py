@@ -211,7 +211,7 @@ def candidate_vectors(model: TwoTowerModel, catalogue_index_: np.ndarray, text_v
 
     Items without an id row (no interaction in the training data) have their tower vector scaled by
     `cfg.unseen_item_scale` and the prior of a count of 0, except `new_items`: those arrived after training
-    (as `make refresh-catalogue` adds them) and keep the full-weight vector and a new item's prior.
+    (as `make refresh-catalogue` adds them) and keep a new item's vector (scaled by `cfg.new_item_scale`) and prior.
 
     Args:
       model: the trained model.
@@ -227,6 +227,11 @@ def candidate_vectors(model: TwoTowerModel, catalogue_index_: np.ndarray, text_v
     unseen = np.asarray(catalogue_index_) >= model.num_items
     if new_items is not None:
         unseen &= ~np.asarray(new_items, bool)
-    vectors[unseen, :-1] *= np.float32(model.cfg.unseen_item_scale)
-    vectors[unseen, -1] = model.popularity.of_count(0)
+    if unseen.any():   # their tower vector without `new_item_scale`, times `unseen_item_scale`
+        rows = np.flatnonzero(unseen)
+        vectors[rows, :-1] = model.cfg.unseen_item_scale * np.concatenate([
+            model.candidate_embedding(tf.constant(catalogue_index_[rows[i:i + batch_size]]),
+                                      tf.constant(text_vectors[rows[i:i + batch_size]])).numpy()
+            for i in range(0, len(rows), batch_size)])
+        vectors[rows, -1] = model.popularity.of_count(0)
     return vectors
