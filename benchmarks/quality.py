@@ -19,8 +19,10 @@ Recall@K = hits / |user's test items|, averaged over users with test items. The 
 user is their id and their last 20 train items (the history as of the split point).
 
 Cold items: 10% of the interacted items (seeded) lose *all* their interactions from training; the
-same models are trained again on that reduced train set and evaluated on two slices of the same
-test set: `cold` (relevant = the user's test interactions with cold items) and `warm` (the rest).
+same models are trained again on that reduced train set and evaluated on three slices of the same
+test set: `cold` (relevant = the user's test interactions with cold items), `warm` (the rest) and `mixed` (all of
+them: the whole list a user sees when a tenth of the catalogue is new, where new items' gains and warm items'
+losses net out).
 Ranking is still over the full catalogue. The cold items are new items: they arrive after training, as
 `make refresh-catalogue` adds them, so their vectors keep full weight; other catalogue items without a
 train interaction get `ModelConfig.unseen_item_scale` (`trainer.train.candidate_vectors`), in both scenarios.
@@ -67,7 +69,7 @@ CURVE_K = 100
 BASELINES = ("MostPopular", "EASE")
 DEFAULT_MODEL = "TwoTower-BERT"    # the pipeline's model: `ModelConfig()`
 MODELS = BASELINES + ("TwoTower-ID", DEFAULT_MODEL)
-SLICES = ("all", "new_users", "cold", "warm")
+SLICES = ("all", "new_users", "cold", "warm", "mixed")
 # Issue 16's variants: the default config with these fields changed (`--variants` picks; rows in quality.md).
 VARIANTS = {
     "TwoTower-BERT-mean-tower": {"query_tower": "mean"},
@@ -425,7 +427,8 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = 10_000, seed
             "users": len(a), "resamples": resamples}
 
 
-def comparisons(results: dict, model: str, baselines: Sequence[str], slices: Sequence[str] = ("all", "warm", "cold"),
+def comparisons(results: dict, model: str, baselines: Sequence[str],
+                slices: Sequence[str] = ("all", "warm", "cold", "mixed"),
                 metrics: Sequence[str] = ("recall@50", "ndcg@10")) -> dict:
     """`paired_bootstrap` of `model` vs each baseline, per slice and metric: {"A vs B": {slice: {metric: ..}}}."""
     out: dict = {}
@@ -623,7 +626,8 @@ def run_benchmark(args) -> dict:
                                # Users with no train rows (none under the per-user split; kept for other splits).
                                "new_users": lambda d: d[~d[contract.USER_ID].isin(train_users)]}, set()),
         ("cold", splits.cold_train, {"cold": lambda d: d[d[contract.ITEM_ID].isin(cold)],
-                                     "warm": lambda d: d[~d[contract.ITEM_ID].isin(cold)]}, cold),
+                                     "warm": lambda d: d[~d[contract.ITEM_ID].isin(cold)],
+                                     "mixed": lambda d: d}, cold),
     ]
     for scenario, train, slices, new_items in scenarios:
         # Exclusions: everything the user interacted with before the split (cold items included).
@@ -687,8 +691,9 @@ def write_report(args, report: dict, results: dict, models: Sequence[str], split
               f"excluded. `{command}`\n\n"
               f"Learned models: mean ± 95% CI over {len(seeds)} training seeds {seeds} (Student t); MostPopular "
               f"and EASE are deterministic. EASE lambda = {report['ease_lambda']:g} (validation). Cold slice: "
-              f"{len(splits.cold_items)} items held out of training entirely; `cold`/`warm` rows come from models "
-              f"trained without them. `new_users` (test users with no train rows): "
+              f"{len(splits.cold_items)} items held out of training entirely; `cold`/`warm`/`mixed` rows come from "
+              f"models trained without them (`mixed`: every test interaction, the whole list with new items in the "
+              f"catalogue). `new_users` (test users with no train rows): "
               f"{results['new_users'].get('EASE', {}).get('users', 0)} under this split (every test user has "
               f"train rows), so no row. Load average at the end: "
               f"{', '.join(f'{x:.1f}' for x in load) if load else 'n/a'}.\n\n")

@@ -110,7 +110,7 @@ def test_quick_benchmark_end_to_end(tiny_data, tiny_encoder, tmp_path):
     for name in ("quality.md", "quality.json", "quality_recall.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     report = json.load(open(os.path.join(out, "quality.json")))
-    for slice_name in ("all", "cold", "warm"):
+    for slice_name in ("all", "cold", "warm", "mixed"):
         assert set(report["results"][slice_name]) == set(quality.MODELS) | {"TwoTower-BERT-sasrec-tower"}
         assert report["results"][slice_name]["TwoTower-BERT-sasrec-tower"]["seeds"] == 1
         for name, result in report["results"][slice_name].items():
@@ -129,6 +129,10 @@ def test_quick_benchmark_end_to_end(tiny_data, tiny_encoder, tmp_path):
             assert r["difference_ci95"][0] <= r["difference"] <= r["difference_ci95"][1]
     table = open(os.path.join(out, "quality.md")).read()
     assert all(model in table for model in quality.MODELS)
+    # `mixed` scores every test interaction of the cold scenario: each user with a cold or a warm one.
+    users = {s: report["results"][s]["EASE"]["users"] for s in ("cold", "warm", "mixed")}
+    assert users["mixed"] >= max(users["cold"], users["warm"]) and users["mixed"] > 0
+    assert "mixed" in paired["TwoTower-BERT vs EASE"]
     # ID-only models cannot place items they never saw in training: below the BERT model on the cold slice.
     cold = report["results"]["cold"]
     assert cold["TwoTower-ID"]["users"] > 0

@@ -139,7 +139,8 @@ class ModelConfig:
     # most-chosen item's count before the text moves it: with the match shrunk, only a close text match, or a title
     # like the popular ones, lifts a new item into a list. Test split, 5 seeds, paired vs the old placement
     # (benchmarks/results/quality.md): warm R@50 +3.7% [+2.9, +4.6], NDCG@10 +10.8%; cold R@50 -26.9%, R@10 0.005
-    # vs 0.033 (new items now enter lists mostly below the top 10); cold/warm R@100 0.52x; warm vs ID-only +1.4%.
+    # vs 0.033 (new items now enter lists mostly below the top 10); the whole list (`mixed` slice) R@50 +2.0%
+    # [+0.9, +3.0], NDCG@10 +7.4%; cold/warm R@100 0.52x; warm vs ID-only +1.4%.
     new_item_scale: float = 0.4
     # Probability of replacing a user's id with the OOV id in training, so new users get a useful vector.
     user_id_dropout: float = 0.1
