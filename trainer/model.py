@@ -253,18 +253,22 @@ class TwoTowerModel(tf.keras.Model):
         """[B, embedding_dim + 1]: `query_embedding` and a column of ones for the candidates' popularity prior."""
         return PopularityPrior.query_column(self.query_embedding(user_index, history_index))
 
-    def served_candidate(self, item_index: tf.Tensor, text_embedding: tf.Tensor) -> tf.Tensor:
+    def served_candidate(self, item_index: tf.Tensor, text_embedding: tf.Tensor,
+                         oov_scale: Optional[tf.Tensor] = None) -> tf.Tensor:
         """[B, embedding_dim + 1]: `candidate_embedding` and the item's popularity prior; for OOV, a new item,
         the vector times `new_item_scale` and the prior its text predicts (`PopularityPrior.new_item_prior`).
 
-        Their dot product with `served_query` is the served score (trainer/popularity.py)."""
+        Their dot product with `served_query` is the served score (trainer/popularity.py). `oov_scale` [B]
+        replaces `new_item_scale` per row (`trainer.train.candidate_vectors`: `unseen_item_scale` for catalogue
+        items that had no interaction in training); known items' rows ignore it."""
         item_index = tf.minimum(tf.cast(item_index, tf.int64), self.num_items)
         new = item_index == self.num_items
         prior = tf.where(new, self.popularity.new_item_prior(self.reduced_text(text_embedding)),
                          tf.gather(self.item_prior, item_index))
         vectors = self.candidate_embedding(item_index, text_embedding)
-        if self.cfg.new_item_scale != 1.0:
-            vectors *= tf.where(new, self.cfg.new_item_scale, 1.0)[:, None]
+        if oov_scale is not None or self.cfg.new_item_scale != 1.0:
+            scale = self.cfg.new_item_scale if oov_scale is None else tf.cast(oov_scale, tf.float32)
+            vectors *= tf.where(new, scale, 1.0)[:, None]
         return tf.concat([vectors, prior[:, None]], axis=1)
 
     def sequence_summary(self, history_index: tf.Tensor, training: bool = False) -> tf.Tensor:

@@ -220,18 +220,15 @@ def candidate_vectors(model: TwoTowerModel, catalogue_index_: np.ndarray, text_v
       batch_size: items per call.
       new_items: optional [N] bool, items that were not in the catalogue when the model trained.
     """
-    chunks = [model.served_candidate(tf.constant(catalogue_index_[i:i + batch_size]),
-                                     tf.constant(text_vectors[i:i + batch_size])).numpy()
-              for i in range(0, len(catalogue_index_), batch_size)]
-    vectors = np.concatenate(chunks) if chunks else np.zeros([0, model.cfg.embedding_dim + 1], np.float32)
     unseen = np.asarray(catalogue_index_) >= model.num_items
     if new_items is not None:
         unseen &= ~np.asarray(new_items, bool)
-    if unseen.any():   # their tower vector without `new_item_scale`, times `unseen_item_scale`
-        rows = np.flatnonzero(unseen)
-        vectors[rows, :-1] = model.cfg.unseen_item_scale * np.concatenate([
-            model.candidate_embedding(tf.constant(catalogue_index_[rows[i:i + batch_size]]),
-                                      tf.constant(text_vectors[rows[i:i + batch_size]])).numpy()
-            for i in range(0, len(rows), batch_size)])
-        vectors[rows, -1] = model.popularity.of_count(0)
+    # OOV rows' tower vectors: `unseen_item_scale` for those never chosen in training, `new_item_scale` for new ones.
+    oov_scale = np.where(unseen, model.cfg.unseen_item_scale, model.cfg.new_item_scale).astype(np.float32)
+    chunks = [model.served_candidate(tf.constant(catalogue_index_[i:i + batch_size]),
+                                     tf.constant(text_vectors[i:i + batch_size]),
+                                     tf.constant(oov_scale[i:i + batch_size])).numpy()
+              for i in range(0, len(catalogue_index_), batch_size)]
+    vectors = np.concatenate(chunks) if chunks else np.zeros([0, model.cfg.embedding_dim + 1], np.float32)
+    vectors[unseen, -1] = model.popularity.of_count(0)
     return vectors
