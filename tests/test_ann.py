@@ -1,4 +1,5 @@
-"""The partitioned (IVF) catalogue index: exactness at full probe, exclusions, fallbacks, config, ops, serving."""
+"""The partitioned (IVF) catalogue index: exactness at full probe, exclusions, merged partitions, config, ops,
+serving."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,7 +12,7 @@ from serving.client import RecommenderClient
 from serving.synthetic_model import SyntheticRetrieval, build_synthetic_model
 from serving.testing import ServerProcess
 from trainer.model_config import ModelConfig
-from trainer.retrieval_index import PAD_ID, BruteForceIndex, PartitionedIndex, build_index
+from trainer.retrieval_index import PAD_ID, BruteForceIndex, PartitionedIndex, build_index, merge_small_partitions
 
 N, D = 600, 16
 
@@ -59,17 +60,33 @@ def test_excluded_items_are_never_returned_and_never_cost_results(catalogue):
         assert np.all(np.diff(got_scores[row]) <= 0)                 # best first
 
 
-def test_k_beyond_the_probed_or_remaining_items_falls_back_to_exact(catalogue):
+def test_small_partitions_are_merged_so_probes_always_hold_k_plus_exclusions(catalogue):
     ids, vectors, _ = catalogue
+    # 8 partitions of about 5 items cannot give 1 probe 40 + 40 candidates: they merge into one (= exact).
     few = PartitionedIndex(ids[:40], vectors[:40], max_k=40, max_exclude=40, partitions=8, nprobe=1)
     exact = BruteForceIndex(ids[:40], vectors[:40], max_k=40, max_exclude=40)
+    assert few.partitions == 1
     query = tf.constant(vectors[:1])
     got, want = few(query, tf.constant([[PAD_ID]]), tf.constant([30])), exact(query, tf.constant([[PAD_ID]]),
                                                                              tf.constant([30]))
-    np.testing.assert_array_equal(got[0].numpy(), want[0].numpy())   # 1 partition < 30 items: exact search
+    np.testing.assert_array_equal(got[0].numpy(), want[0].numpy())
     exclude = tf.constant([ids[:15]])
     got_ids, got_scores = (t.numpy() for t in few(query, exclude, tf.constant([30])))
     assert len(_valid(got_ids[0])) == 25 and np.all(np.isneginf(got_scores[0, 25:]))   # 40 - 15 left
+    # 600 items in 40 partitions, 3 probes of k 20 + 30 exclusions: every partition keeps >= 17 items.
+    ivf = PartitionedIndex(ids, vectors, max_k=20, max_exclude=30, partitions=40, nprobe=3)
+    sizes = ivf.partition_size.numpy()
+    assert 1 < ivf.partitions < 40 and sizes.min() >= 17 and sizes.sum() == N
+
+
+def test_a_merged_partitions_items_move_to_their_nearest_remaining_centroid():
+    vectors = np.array([[0.0, 0], [0.1, 0], [5, 5], [5.1, 5], [5, 5.1], [9, 0], [9.1, 0], [8.9, 0]], np.float32)
+    centroids = np.array([[0.05, 0], [5, 5], [9, 0], [4, 0]], np.float32)
+    partition = np.array([0, 0, 1, 1, 1, 2, 2, 2])      # centroid 3 is empty, partition 0 holds 2 items
+    merged_centroids, merged = merge_small_partitions(vectors, centroids, partition, min_size=3)
+    np.testing.assert_array_equal(merged_centroids, centroids[[1, 2]])
+    # The empty partition goes first; then (0, 0) and (0.1, 0) join (5, 5), nearer than (9, 0).
+    np.testing.assert_array_equal(merged, [0, 0, 0, 0, 0, 1, 1, 1])
 
 
 def test_every_item_cold_ones_included_is_reachable(catalogue):
@@ -99,10 +116,12 @@ def test_int8_scoring_with_float_rerank_returns_float_scores(catalogue):
 def test_the_catalogue_size_threshold_picks_the_index(catalogue):
     ids, vectors, _ = catalogue
     assert type(build_index(ids, vectors, ModelConfig(ann_min_items=N + 1))) is BruteForceIndex
-    index = build_index(ids, vectors, ModelConfig(ann_min_items=N, ann_nprobe=3))
+    small_requests = dict(max_k=10, max_exclude=5)   # partitions of >= 5 items hold 3 probes' k + exclusions
+    index = build_index(ids, vectors, ModelConfig(ann_min_items=N, ann_nprobe=3, **small_requests))
     assert isinstance(index, PartitionedIndex) and index.nprobe == 3 and index.partitions == 24   # ~sqrt(600)
-    assert build_index(ids, vectors, ModelConfig(ann_min_items=N, ann_partitions=4, ann_nprobe=9)).nprobe == 4
-    again = build_index(ids, vectors, ModelConfig(ann_min_items=N, ann_nprobe=3))   # seeded: same partitions
+    assert build_index(ids, vectors, ModelConfig(ann_min_items=N, ann_partitions=4, ann_nprobe=9,
+                                                 **small_requests)).nprobe == 4
+    again = build_index(ids, vectors, ModelConfig(ann_min_items=N, ann_nprobe=3, **small_requests))   # seeded
     np.testing.assert_array_equal(index.item_ids.numpy(), again.item_ids.numpy())
 
 
@@ -124,7 +143,8 @@ def test_env_override_is_validated_and_too_many_partitions_fails_at_build(catalo
         build_index(ids, vectors, ModelConfig(ann_min_items=1, ann_scoring="bf8"))
 
 
-IVF_MODEL_CFG = ModelConfig(ann_min_items=100, ann_partitions=8, ann_nprobe=8)
+# Requests of k <= 20 with <= 20 exclusions keep the 8 partitions of ~50 items apart (merging needs < 5).
+IVF_MODEL_CFG = ModelConfig(ann_min_items=100, ann_partitions=8, ann_nprobe=8, max_k=20, max_exclude=20)
 
 
 def test_the_served_graphs_never_gather_from_the_index_variables(catalogue):

@@ -23,8 +23,10 @@ requests with different k: it concatenates every input along dim 0 and splits ev
 valid entries. A scalar ``k`` (callers that run the signature directly, unbatched) applies to every row.
 
 Exclusions never cost results: the partitioned index over-fetches k + (that row's excluded catalogue items)
-candidates before removing them, and when the probed partitions hold fewer candidates than that for some
-row, the batch is answered by exact search instead.
+candidates before removing them, and the probed partitions always hold that many: at build time a k-means
+partition smaller than ceil((max_k + max_exclude) / nprobe) is merged into its members' nearest other
+partitions, so no request (however many exclusions it sends) can leave the index short or push it onto a
+slower path.
 
 Limits are checked in the graph, so they hold under TF Serving too: 1 <= k <= max_k and at most
 ``max_exclude`` non-empty ids per exclude row.
@@ -140,6 +142,40 @@ def kmeans_partitions(item_vectors: np.ndarray, partitions: int, seed: int) -> t
     return kmeans.cluster_centers_.astype(np.float32), kmeans.predict(vectors)
 
 
+def merge_small_partitions(item_vectors: np.ndarray, centroids: np.ndarray, partition: np.ndarray,
+                           min_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids [P', D], partition of each item [N]) with every partition holding at least `min_size` items
+    (or one partition left): the smallest partition, while under `min_size`, is dissolved and each of its
+    items moves to its nearest remaining centroid. Empty partitions go first.
+
+        centroids, partition = merge_small_partitions(vectors, *kmeans_partitions(vectors, 1000, 0), 55)
+
+    Why: `nprobe` partitions of at least ceil((max_k + max_exclude) / nprobe) items always hold the
+    over-fetched k + exclusions, so the served graph needs no exact-search fallback.
+    """
+    vectors = np.asarray(item_vectors, np.float32)
+    partition = np.asarray(partition).copy()
+    sizes = np.bincount(partition, minlength=len(centroids))
+    alive = np.ones(len(centroids), bool)
+    squared_norms = np.einsum("pd,pd->p", centroids, centroids)
+    while alive.sum() > 1:
+        live = np.flatnonzero(alive)
+        smallest = live[np.argmin(sizes[live])]
+        if sizes[smallest] >= min_size:
+            break
+        alive[smallest] = False
+        members = np.flatnonzero(partition == smallest)
+        others = np.flatnonzero(alive)
+        # Nearest by squared distance; the members' own norms do not change the argmin.
+        distance = squared_norms[others] - 2.0 * vectors[members] @ centroids[others].T
+        nearest = others[np.argmin(distance, axis=1)]
+        partition[members] = nearest
+        sizes[smallest] = 0
+        np.add.at(sizes, nearest, 1)
+    renumber = np.cumsum(alive) - 1
+    return centroids[alive], renumber[partition]
+
+
 class PartitionedIndex(BruteForceIndex):
     """IVF index: centroid scores -> best `nprobe` partitions -> exact (or int8 + re-ranked) member scores.
 
@@ -148,10 +184,11 @@ class PartitionedIndex(BruteForceIndex):
 
     Items are stored sorted by partition, so a partition is one contiguous range of positions
     (`partition_start`, `partition_size`); `item_ids`/`item_vectors`/`item_position` follow that order.
+    `self.partitions` is the count after `merge_small_partitions` (at most the one asked for).
 
     Args:
       partitions: number of k-means partitions (at most the number of items).
-      nprobe: partitions scored per query; clamped to `partitions` (all of them = exact results).
+      nprobe: partitions scored per query; clamped to the partition count (all of them = exact results).
       scoring: "float32" scores members exactly; "int8" scores them from per-dimension int8 codes (4x less
         memory read) and re-ranks `INT8_RERANK_FACTOR` x the over-fetched width in float32.
       seed: the k-means seed (the same vectors and seed give the same index).
@@ -163,13 +200,16 @@ class PartitionedIndex(BruteForceIndex):
             raise ValueError(f"ann_scoring={scoring!r}: must be one of {SCORINGS}")
         if len(item_ids) != len(item_vectors):
             raise ValueError(f"{len(item_ids)} item ids but {len(item_vectors)} item vectors")
+        if nprobe < 1:
+            raise ValueError(f"ann_nprobe={nprobe}: must be at least 1")
         vectors = np.asarray(item_vectors, np.float32)
-        centroids, partition = kmeans_partitions(vectors, partitions, seed)
+        centroids, partition = merge_small_partitions(
+            vectors, *kmeans_partitions(vectors, partitions, seed), min_size=-(-(max_k + max_exclude) // nprobe))
         order = np.argsort(partition, kind="stable")
         super().__init__(np.asarray(item_ids, dtype=object)[order], vectors[order], max_k, max_exclude, name=name)
-        sizes = np.bincount(partition, minlength=partitions)
-        self.partitions = int(partitions)
-        self.nprobe = int(min(nprobe, partitions))
+        sizes = np.bincount(partition, minlength=len(centroids))
+        self.partitions = len(centroids)
+        self.nprobe = int(min(nprobe, self.partitions))
         self.scoring = scoring
         self.centroids = tf.Variable(centroids, trainable=False, name="centroids")
         self.partition_start = tf.constant(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
@@ -186,15 +226,11 @@ class PartitionedIndex(BruteForceIndex):
         excluded = self.item_position.lookup(exclude)                               # [B, E], -1 = not an item
         needed = k + tf.reduce_sum(tf.cast(excluded >= 0, tf.int32), axis=1)       # over-fetch per row
         probe = tf.math.top_k(tf.matmul(query, self.centroids, transpose_b=True), k=self.nprobe).indices
-        sizes = tf.gather(self.partition_size, probe)                               # [B, nprobe]
-        enough = tf.reduce_all(tf.reduce_sum(sizes, axis=1) >= tf.cast(needed, tf.int64))
-        return tf.cond(enough,
-                       lambda: self._partitioned(query, probe, sizes, excluded, needed, k),
-                       lambda: self._exact(query, exclude, k))
+        # The probed partitions hold at least `needed` items (merge_small_partitions), so no exact fallback.
+        return self._partitioned(query, probe, excluded, tf.reduce_max(needed), k)
 
-    def _partitioned(self, query, probe, sizes, excluded, needed, k) -> tuple[tf.Tensor, tf.Tensor]:
-        starts = tf.gather(self.partition_start, probe)
-        fetch = tf.reduce_max(needed)
+    def _partitioned(self, query, probe, excluded, fetch, k) -> tuple[tf.Tensor, tf.Tensor]:
+        starts, sizes = tf.gather(self.partition_start, probe), tf.gather(self.partition_size, probe)
         row_spec = (tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.float32))
         # Row by row, so memory stays one row's members however large the batch (the evaluator sends 256);
         # a batch of 1 (the common request) skips the loop.
