@@ -11,7 +11,7 @@ Per catalogue size, one run:
     default nprobe the same index exported as a SavedModel and loaded into a TF Session the way TF Serving loads
     it (the server's way of running the graph, without TF2's eager calls), called twice over: through a Python
     Session callable, and through TF's C API (TF_SessionRun, benchmarks.c_session), as a C++ server calls it,
-    without the Python binding's ~0.1 ms per call;
+    without the Python binding's cost per call (0.1 ms on a graph that does nothing);
   - exact search in TF (BruteForceIndex) and the numpy brute-force floor (matmul + argpartition);
   - FAISS IVF-Flat (inner product, the same partition count) over nprobe, and FAISS HNSW (M=16) over efSearch;
   every in-process search above takes turns in blocks of 20 queries, so all see the same machine load, three
@@ -282,8 +282,8 @@ def run_size(num_items, a) -> dict:
     print(f"{num_items} items: through the server", flush=True)
     served = served_rows(items, queries, truth, cfg, a.requests)
     rows.update(served.pop("rows"))
-    return {"num_items": num_items, "dim": DIM, "queries": a.queries, "passes": a.passes, "index": info, **served, "rows": rows,
-            "targets": _targets(num_items, rows, served, cfg)}
+    return {"num_items": num_items, "dim": DIM, "queries": a.queries, "passes": a.passes, "index": info, **served,
+            "rows": rows, "targets": _targets(num_items, rows, served, cfg)}
 
 
 def _matched_faiss(rows, wanted_recall) -> tuple[str, dict] | None:
