@@ -262,7 +262,7 @@ class ModelConfig:
     # from an IVF index (k-means partitions, seeded with `seed`), smaller ones by exact search. Each query
     # scores `ann_nprobe` of `ann_partitions` partitions (0 = about sqrt(items)); "int8" scores them from
     # int8 codes with a float re-rank. nprobe 20 of 1,000 partitions: recall@100 0.990 of exact on 1M clustered
-    # synthetic items (12: 0.951; benchmarks/results/ann.md). The evaluator scores the served index, so the
+    # synthetic items (12: 0.944; benchmarks/results/ann.md). The evaluator scores the served index, so the
     # blessing sees its recall.
     ann_min_items: int = 100_000
     ann_partitions: int = 0
