@@ -64,12 +64,9 @@ def _c_api() -> ctypes.CDLL:
 
 def signature_tensor_names(export_dir: str, signature: str = "serving_default") -> dict:
     """{"inputs": {key: tensor name}, "outputs": {key: tensor name}} of one SignatureDef of a SavedModel."""
-    from tensorflow.core.protobuf import saved_model_pb2
+    from serving.servable import read_meta_graph
 
-    saved = saved_model_pb2.SavedModel()
-    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
-        saved.ParseFromString(f.read())
-    sig = next(m for m in saved.meta_graphs if "serve" in m.meta_info_def.tags).signature_def[signature]
+    sig = read_meta_graph(export_dir).signature_def[signature]
     return {"inputs": {k: v.name for k, v in sig.inputs.items()},
             "outputs": {k: v.name for k, v in sig.outputs.items()}}
 
