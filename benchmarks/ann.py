@@ -111,16 +111,17 @@ def interleaved_rows(searchers: dict, queries: np.ndarray, truth: np.ndarray, bl
     found = {name: [] for name in searchers}
     lat = {name: [] for name in searchers}
     with threadpool_limits(1):
-        for _ in range(passes):
+        for pass_ in range(passes):
             for start in range(0, len(queries), block):
                 for name, search in searchers.items():
                     search(queries[start])
                     for q in queries[start:start + block]:
                         t = time.perf_counter()
-                        found[name].append(search(q))
+                        result = search(q)
                         lat[name].append(time.perf_counter() - t)
-    return {name: dict(_pcts(lat[name]), recall_at_100=recall(found[name][:len(queries)], truth))
-            for name in searchers}
+                        if pass_ == 0:
+                            found[name].append(result)
+    return {name: dict(_pcts(lat[name]), recall_at_100=recall(found[name], truth)) for name in searchers}
 
 
 def tf_searchers(items, cfg, nprobes) -> tuple[dict, dict]:
